@@ -153,8 +153,7 @@ mod tests {
         assert!(Message::decode(r#"{"version":1,"items":[]}"#).is_err());
         assert!(Message::decode("not json").is_err());
         assert!(Message::decode(r#"{"type":"queue","version":-1,"items":[]}"#).is_err());
-        let bad_cat =
-            r#"{"type":"queue","version":1,"items":[{"id":"a","name":"n","address":"h:1","score":1,"category":"XX"}]}"#;
+        let bad_cat = r#"{"type":"queue","version":1,"items":[{"id":"a","name":"n","address":"h:1","score":1,"category":"XX"}]}"#;
         assert!(Message::decode(bad_cat).is_err());
     }
 

@@ -1,0 +1,538 @@
+//! Typed configuration, parsed once from environment variables.
+//!
+//! Every variable name is a constant below. [`Config::from_lookup`] reads through a lookup
+//! function so tests pass a map; it parses *every* variable before failing, so one run names
+//! every bad value. The defaults are documented in `artefacts/configuration.md`.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::selection::Strategy;
+
+pub const HOST_PORT_HTTP_BALANCER: &str = "HOST_PORT_HTTP_BALANCER";
+pub const HOST_PORT_ADMIN_BALANCER: &str = "HOST_PORT_ADMIN_BALANCER";
+pub const BIND_ADDRESS: &str = "BIND_ADDRESS";
+pub const DEPLOYMENT_AGENT_URL: &str = "DEPLOYMENT_AGENT_URL";
+pub const AGENT_TOKEN: &str = "AGENT_TOKEN";
+pub const STATIC_BACKENDS: &str = "STATIC_BACKENDS";
+pub const BALANCER_STRATEGY: &str = "BALANCER_STRATEGY";
+pub const BALANCER_ID: &str = "BALANCER_ID";
+pub const REQUEST_TIMEOUT: &str = "REQUEST_TIMEOUT";
+pub const CONNECT_TIMEOUT: &str = "CONNECT_TIMEOUT";
+pub const CACHE_CAPACITY: &str = "CACHE_CAPACITY";
+pub const CACHE_MAX_BYTES: &str = "CACHE_MAX_BYTES";
+pub const CACHE_MAX_OBJECT_BYTES: &str = "CACHE_MAX_OBJECT_BYTES";
+pub const CACHE_DEFAULT_TTL: &str = "CACHE_DEFAULT_TTL";
+pub const CACHE_MAX_TTL: &str = "CACHE_MAX_TTL";
+pub const CACHE_EXTENSIONS: &str = "CACHE_EXTENSIONS";
+pub const MAX_BODY_BYTES: &str = "MAX_BODY_BYTES";
+pub const MAX_HEADER_BYTES: &str = "MAX_HEADER_BYTES";
+pub const HEADER_READ_TIMEOUT: &str = "HEADER_READ_TIMEOUT";
+pub const IDLE_TIMEOUT: &str = "IDLE_TIMEOUT";
+pub const MAX_CONNECTIONS: &str = "MAX_CONNECTIONS";
+pub const SHUTDOWN_GRACE: &str = "SHUTDOWN_GRACE";
+pub const RETRY_BUDGET: &str = "RETRY_BUDGET";
+pub const EJECT_CONSECUTIVE_FAILURES: &str = "EJECT_CONSECUTIVE_FAILURES";
+pub const EJECT_BASE: &str = "EJECT_BASE";
+pub const EJECT_MAX: &str = "EJECT_MAX";
+pub const REPORT_INTERVAL: &str = "REPORT_INTERVAL";
+pub const AGENT_STALE_AFTER: &str = "AGENT_STALE_AFTER";
+pub const RECONNECT_MAX: &str = "RECONNECT_MAX";
+pub const WORKER_THREADS: &str = "WORKER_THREADS";
+
+const DEFAULT_CACHE_EXTENSIONS: &str =
+    "css,js,mjs,map,png,jpg,jpeg,gif,svg,ico,webp,avif,woff,woff2,ttf,otf,eot,txt,wasm";
+
+/// The balancer's whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind_address: IpAddr,
+    pub http_port: u16,
+    pub admin_port: u16,
+    /// `None` when `DEPLOYMENT_AGENT_URL` is set to the empty string: static mode.
+    pub agent_url: Option<String>,
+    pub agent_token: Option<String>,
+    /// `host:port` list used as the queue until (or instead of) the agent's.
+    pub static_backends: Vec<String>,
+    pub strategy: Strategy,
+    pub balancer_id: String,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub cache: CacheConfig,
+    pub limits: Limits,
+    pub shutdown_grace: Duration,
+    /// Extra requests allowed as connect retries, as a fraction of requests.
+    pub retry_budget: f64,
+    pub ejection: EjectionConfig,
+    pub report_interval: Duration,
+    /// With no frame from the agent for this long, the connection is dropped and re-made.
+    pub agent_stale_after: Duration,
+    /// Cap of the reconnect back-off.
+    pub reconnect_max: Duration,
+    /// Tokio worker threads; `None` = the CPUs this process may run on.
+    pub worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Maximum number of entries (`CACHE_CAPACITY`); 0 disables the cache.
+    pub capacity: u64,
+    pub max_bytes: u64,
+    pub max_object_bytes: u64,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    /// Lower-case file extensions, without the dot, that mark a static resource.
+    pub extensions: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct EjectionConfig {
+    /// Consecutive failures that eject a backend.
+    pub consecutive_failures: u32,
+    /// First ejection period; doubles with every ejection in a row.
+    pub base: Duration,
+    pub max: Duration,
+}
+
+/// One bad variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.variable, self.message)
+    }
+}
+
+/// Every bad variable found in one pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        write!(f, "invalid configuration: {}", parts.join("; "))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Collects parse errors while reading variables.
+struct Reader<'a, F: Fn(&str) -> Option<String>> {
+    lookup: &'a F,
+    errors: Vec<ConfigError>,
+}
+
+impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
+    fn raw(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).map(|v| v.trim().to_string())
+    }
+
+    fn fail(&mut self, variable: &'static str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            variable,
+            message: message.into(),
+        });
+    }
+
+    /// Parses with `parse`, or falls back to `default` when unset or empty.
+    fn get<T>(
+        &mut self,
+        name: &'static str,
+        default: T,
+        expected: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> T {
+        match self.raw(name) {
+            None => default,
+            Some(v) if v.is_empty() => default,
+            Some(v) => match parse(&v) {
+                Some(x) => x,
+                None => {
+                    self.fail(name, format!("expected {expected}, got {v:?}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn port(&mut self, name: &'static str, default: u16) -> u16 {
+        self.get(name, default, "a TCP port 0-65535", |v| v.parse().ok())
+    }
+
+    fn duration(&mut self, name: &'static str, default: Duration) -> Duration {
+        self.get(
+            name,
+            default,
+            "a duration such as 30, 30s, 500ms or 2m",
+            parse_duration,
+        )
+    }
+
+    fn count(&mut self, name: &'static str, default: u64, min: u64) -> u64 {
+        self.get(name, default, &format!("a whole number >= {min}"), |v| {
+            v.parse::<u64>().ok().filter(|n| *n >= min)
+        })
+    }
+
+    fn bytes(&mut self, name: &'static str, default: u64) -> u64 {
+        self.get(
+            name,
+            default,
+            "a size such as 1048576, 512KiB or 10MiB",
+            parse_bytes,
+        )
+    }
+}
+
+/// Parses `30`, `30s`, `500ms`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let split = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// Parses a byte size: `1024`, `64KiB`, `10MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1000).
+pub fn parse_bytes(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn parse_backend_list(v: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (host, port) = part.rsplit_once(':')?;
+        if host.is_empty() || port.parse::<u16>().ok()? == 0 {
+            return None;
+        }
+        out.push(part.to_string());
+    }
+    Some(out)
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigErrors> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads every variable through `lookup`, reporting every bad one at once.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        let mut r = Reader {
+            lookup: &lookup,
+            errors: Vec::new(),
+        };
+        let bind_address = r.get(
+            BIND_ADDRESS,
+            IpAddr::from([0, 0, 0, 0]),
+            "an IP address",
+            |v| v.parse().ok(),
+        );
+        let http_port = r.port(HOST_PORT_HTTP_BALANCER, 2548);
+        let admin_port = r.port(HOST_PORT_ADMIN_BALANCER, 2549);
+        let agent_url = match r.raw(DEPLOYMENT_AGENT_URL) {
+            None => Some("ws://deployment-agent:2547/ws".to_string()),
+            Some(v) if v.is_empty() => None,
+            Some(v) if v.starts_with("ws://") || v.starts_with("wss://") => Some(v),
+            Some(v) => {
+                r.fail(
+                    DEPLOYMENT_AGENT_URL,
+                    format!("expected a ws:// or wss:// URL (or empty for none), got {v:?}"),
+                );
+                None
+            }
+        };
+        let agent_token = r.raw(AGENT_TOKEN).filter(|t| !t.is_empty());
+        let static_backends = r.get(
+            STATIC_BACKENDS,
+            Vec::new(),
+            "a comma-separated list of host:port",
+            parse_backend_list,
+        );
+        let strategy = r.get(
+            BALANCER_STRATEGY,
+            Strategy::Weighted,
+            "one of weighted, round_robin, p2c",
+            |v| v.parse().ok(),
+        );
+        let balancer_id = r
+            .raw(BALANCER_ID)
+            .filter(|v| !v.is_empty())
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| format!("balancer-{}", std::process::id()));
+        let request_timeout = r.duration(REQUEST_TIMEOUT, Duration::from_secs(30));
+        let connect_timeout = r.duration(CONNECT_TIMEOUT, Duration::from_secs(3));
+        let cache = CacheConfig {
+            capacity: r.count(CACHE_CAPACITY, 10_000, 0),
+            max_bytes: r.bytes(CACHE_MAX_BYTES, 64 << 20),
+            max_object_bytes: r.bytes(CACHE_MAX_OBJECT_BYTES, 1 << 20),
+            default_ttl: r.duration(CACHE_DEFAULT_TTL, Duration::from_secs(60)),
+            max_ttl: r.duration(CACHE_MAX_TTL, Duration::from_secs(86_400)),
+            extensions: r.get(
+                CACHE_EXTENSIONS,
+                split_extensions(DEFAULT_CACHE_EXTENSIONS),
+                "a comma-separated list of file extensions",
+                |v| Some(split_extensions(v)),
+            ),
+        };
+        let limits = Limits {
+            max_body_bytes: r.bytes(MAX_BODY_BYTES, 10 << 20),
+            max_header_bytes: r.bytes(MAX_HEADER_BYTES, 64 << 10) as usize,
+            header_read_timeout: r.duration(HEADER_READ_TIMEOUT, Duration::from_secs(10)),
+            idle_timeout: r.duration(IDLE_TIMEOUT, Duration::from_secs(60)),
+            max_connections: r.count(MAX_CONNECTIONS, 10_000, 1) as usize,
+        };
+        let shutdown_grace = r.duration(SHUTDOWN_GRACE, Duration::from_secs(30));
+        let retry_budget = r.get(RETRY_BUDGET, 0.2, "a number between 0 and 1", |v| {
+            v.parse::<f64>().ok().filter(|x| (0.0..=1.0).contains(x))
+        });
+        let ejection = EjectionConfig {
+            consecutive_failures: r.count(EJECT_CONSECUTIVE_FAILURES, 5, 1) as u32,
+            base: r.duration(EJECT_BASE, Duration::from_secs(10)),
+            max: r.duration(EJECT_MAX, Duration::from_secs(300)),
+        };
+        let report_interval = r.duration(REPORT_INTERVAL, Duration::from_secs(1));
+        let agent_stale_after = r.duration(AGENT_STALE_AFTER, Duration::from_secs(15));
+        let reconnect_max = r.duration(RECONNECT_MAX, Duration::from_secs(30));
+        let worker_threads = match r.count(WORKER_THREADS, 0, 0) {
+            0 => None,
+            n => Some(n as usize),
+        };
+        let config = Config {
+            bind_address,
+            http_port,
+            admin_port,
+            agent_url,
+            agent_token,
+            static_backends,
+            strategy,
+            balancer_id,
+            request_timeout,
+            connect_timeout,
+            cache,
+            limits,
+            shutdown_grace,
+            retry_budget,
+            ejection,
+            report_interval,
+            agent_stale_after,
+            reconnect_max,
+            worker_threads,
+        };
+        r.errors.extend(config.validate());
+        if r.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(r.errors))
+        }
+    }
+
+    /// Cross-field rules.
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut check = |ok: bool, variable: &'static str, message: &str| {
+            if !ok {
+                errors.push(ConfigError {
+                    variable,
+                    message: message.to_string(),
+                });
+            }
+        };
+        check(
+            self.http_port == 0 || self.http_port != self.admin_port,
+            HOST_PORT_ADMIN_BALANCER,
+            "must differ from HOST_PORT_HTTP_BALANCER",
+        );
+        check(
+            !self.request_timeout.is_zero(),
+            REQUEST_TIMEOUT,
+            "must be greater than zero",
+        );
+        check(
+            !self.connect_timeout.is_zero(),
+            CONNECT_TIMEOUT,
+            "must be greater than zero",
+        );
+        check(
+            self.ejection.base <= self.ejection.max,
+            EJECT_MAX,
+            "must be at least EJECT_BASE",
+        );
+        check(
+            !self.report_interval.is_zero(),
+            REPORT_INTERVAL,
+            "must be greater than zero",
+        );
+        check(
+            self.cache.max_object_bytes <= self.cache.max_bytes,
+            CACHE_MAX_OBJECT_BYTES,
+            "must not exceed CACHE_MAX_BYTES",
+        );
+        check(
+            self.limits.max_header_bytes >= 8192,
+            MAX_HEADER_BYTES,
+            "must be at least 8KiB",
+        );
+        check(
+            self.agent_url.is_some() || !self.static_backends.is_empty(),
+            STATIC_BACKENDS,
+            "required when DEPLOYMENT_AGENT_URL is empty (no agent and no backends)",
+        );
+        errors
+    }
+}
+
+fn split_extensions(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(|e| e.trim().trim_start_matches('.').to_ascii_lowercase())
+        .filter(|e| !e.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_brief() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.http_port, 2548);
+        assert_eq!(c.admin_port, 2549);
+        assert_eq!(
+            c.agent_url.as_deref(),
+            Some("ws://deployment-agent:2547/ws")
+        );
+        assert_eq!(c.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.cache.capacity, 10_000);
+        assert_eq!(c.strategy, Strategy::Weighted);
+        assert!(c.cache.extensions.contains(&"css".to_string()));
+    }
+
+    #[test]
+    fn every_bad_variable_is_named_at_once() {
+        let err = parse(&[
+            (HOST_PORT_HTTP_BALANCER, "99999"),
+            (REQUEST_TIMEOUT, "soon"),
+            (BALANCER_STRATEGY, "fastest"),
+            (DEPLOYMENT_AGENT_URL, "http://x"),
+            (MAX_BODY_BYTES, "10 parsecs"),
+        ])
+        .unwrap_err();
+        let vars: Vec<&str> = err.0.iter().map(|e| e.variable).collect();
+        assert_eq!(
+            vars,
+            [
+                HOST_PORT_HTTP_BALANCER,
+                DEPLOYMENT_AGENT_URL,
+                BALANCER_STRATEGY,
+                REQUEST_TIMEOUT,
+                MAX_BODY_BYTES,
+                STATIC_BACKENDS
+            ]
+        );
+        let line = err.to_string();
+        assert!(
+            line.contains("REQUEST_TIMEOUT: expected a duration"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn cross_field_rules() {
+        let err = parse(&[
+            (HOST_PORT_HTTP_BALANCER, "80"),
+            (HOST_PORT_ADMIN_BALANCER, "80"),
+            (EJECT_BASE, "10m"),
+            (EJECT_MAX, "1m"),
+        ])
+        .unwrap_err();
+        let vars: Vec<&str> = err.0.iter().map(|e| e.variable).collect();
+        assert_eq!(vars, [HOST_PORT_ADMIN_BALANCER, EJECT_MAX]);
+    }
+
+    #[test]
+    fn static_mode_needs_backends() {
+        assert!(parse(&[(DEPLOYMENT_AGENT_URL, "")]).is_err());
+        let c = parse(&[
+            (DEPLOYMENT_AGENT_URL, ""),
+            (STATIC_BACKENDS, "127.0.0.1:8080, backend:9000"),
+        ])
+        .unwrap();
+        assert!(c.agent_url.is_none());
+        assert_eq!(c.static_backends, ["127.0.0.1:8080", "backend:9000"]);
+        assert!(parse(&[(STATIC_BACKENDS, "nohost")]).is_err());
+        assert!(parse(&[(STATIC_BACKENDS, "h:0")]).is_err());
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("-1"), None);
+        assert_eq!(parse_duration("5 fortnights"), None);
+        assert_eq!(parse_bytes("64KiB"), Some(65536));
+        assert_eq!(parse_bytes("10MiB"), Some(10 << 20));
+        assert_eq!(parse_bytes("3mb"), Some(3_000_000));
+        assert_eq!(parse_bytes("99999999999GiB"), None);
+        assert_eq!(parse_bytes("x"), None);
+    }
+
+    #[test]
+    fn extensions_are_normalised() {
+        let c = parse(&[(CACHE_EXTENSIONS, " .CSS, js ,,png")]).unwrap();
+        assert_eq!(c.cache.extensions, ["css", "js", "png"]);
+    }
+}

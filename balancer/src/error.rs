@@ -1,0 +1,95 @@
+//! Errors the proxy answers itself, mapped to HTTP status in one place.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::ResponseBody;
+
+/// Retry-After sent with 503 when no backend is available.
+pub const NO_BACKEND_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no backend available")]
+    NoBackend,
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("upstream failed")]
+    UpstreamFailed,
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("service is shutting down")]
+    ShuttingDown,
+    #[error("not found")]
+    NotFound,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoBackend | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// Short machine-readable code used in the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NoBackend => "no_backend",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamFailed => "upstream_failed",
+            ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::ShuttingDown => "shutting_down",
+            ProxyError::NotFound => "not_found",
+        }
+    }
+
+    /// `{"error":"<code>","message":"<text>"}` with the right status and headers.
+    pub fn response(&self) -> Response<ResponseBody> {
+        let body = serde_json::json!({"error": self.code(), "message": self.to_string()});
+        let mut resp = json_response(self.status(), &body);
+        if matches!(self, ProxyError::NoBackend | ProxyError::ShuttingDown) {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(NO_BACKEND_RETRY_AFTER.as_secs()),
+            );
+        }
+        if matches!(self, ProxyError::BodyTooLarge) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_headers() {
+        let r = ProxyError::NoBackend.response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "5");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert_eq!(ProxyError::UpstreamTimeout.response().status(), 504);
+        assert_eq!(ProxyError::UpstreamFailed.response().status(), 502);
+        assert_eq!(ProxyError::BodyTooLarge.response().status(), 413);
+    }
+}

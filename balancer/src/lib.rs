@@ -1,0 +1,134 @@
+//! RustyBalancer's data plane: a score-weighted reverse proxy fed by the agent's queue.
+//!
+//! # Layout
+//! - [`config`]: typed configuration, parsed once from the environment.
+//! - [`selection`]: pure backend selection (alias table, round robin, p2c) and weights.
+//! - [`backends`]: the queue in force (`ArcSwap`), per-backend counters, outlier ejection.
+//! - [`agent_link`]: WebSocket subscription to the agent, reports, reconnect back-off.
+//! - [`proxy`]: the request path (cache, pick, forward, retry, upgrade).
+//! - [`body`], [`headers`]: streamed bodies with limits; header rewriting.
+//! - [`cache`]: caching policy (pure) and the moka store.
+//! - [`server`]: accept loops, connection limits, idle timeout, graceful shutdown.
+//! - [`admin`], [`metrics`], [`histogram`]: `/health`, `/metrics`, `/queue`.
+//! - [`budget`]: the retry budget. [`error`]: errors mapped to HTTP answers.
+
+pub mod admin;
+pub mod agent_link;
+pub mod backends;
+pub mod body;
+pub mod budget;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod histogram;
+pub mod metrics;
+pub mod proxy;
+pub mod selection;
+pub mod server;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::info;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::backends::{static_queue, Backends};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+
+/// How long the admin listener waits for open requests at shutdown.
+const ADMIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Completes once the shutdown flag is raised (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means stop.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Runs the balancer on already-bound listeners until `shutdown` completes, then drains
+/// in-flight requests for up to `SHUTDOWN_GRACE` and returns.
+pub async fn run(
+    config: Config,
+    proxy_listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::default());
+    let backends = Arc::new(Backends::new(config.strategy, config.ejection.clone()));
+    if !config.static_backends.is_empty() {
+        backends.replace(&static_queue(&config.static_backends));
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move { stopped(&mut rx).await };
+
+    let agent = config.agent_url.clone().map(|url| {
+        tokio::spawn(agent_link::run(
+            config.clone(),
+            url,
+            backends.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ))
+    });
+
+    let proxy = Arc::new(Proxy::new(
+        &config,
+        backends,
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
+    let proxy_handler = {
+        let proxy = proxy.clone();
+        move |req, peer| {
+            let proxy = proxy.clone();
+            async move { proxy.handle(req, peer).await }
+        }
+    };
+    let admin_handler = {
+        let (proxy, metrics) = (proxy.clone(), metrics.clone());
+        move |req, _peer| {
+            let resp = admin::handle(&req, &proxy, &metrics);
+            async move { resp }
+        }
+    };
+    let proxy_server = server::serve(
+        "proxy",
+        proxy_listener,
+        config.limits.clone(),
+        metrics.clone(),
+        config.shutdown_grace,
+        proxy_handler,
+        stopped(stop_rx.clone()),
+    );
+    let admin_server = server::serve(
+        "admin",
+        admin_listener,
+        config.limits.clone(),
+        metrics.clone(),
+        ADMIN_GRACE,
+        admin_handler,
+        stopped(stop_rx.clone()),
+    );
+    let trigger = async move {
+        shutdown.await;
+        info!("shutdown requested");
+        let _ = stop_tx.send(true);
+        // Keep the sender alive so receivers see `true`, not a closed channel.
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        _ = async { tokio::join!(proxy_server, admin_server) } => {}
+        _ = trigger => {}
+    }
+    if let Some(agent) = agent {
+        if let Err(e) = agent.await {
+            log::error!("agent link task failed: {e}");
+        }
+    }
+    info!("balancer stopped");
+}
