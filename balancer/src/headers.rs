@@ -7,15 +7,16 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Fields that are always connection-specific.
-const HOP_BY_HOP: [&str; 8] = [
+/// Fields that are always connection-specific (RFC 9110 §7.6.1, plus the proxy
+/// credentials of RFC 9110 §11.7, which are meant for this proxy only). `Trailer` is not
+/// one of them: it announces the trailer fields and must reach the recipient.
+const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailer",
     "transfer-encoding",
 ];
 
