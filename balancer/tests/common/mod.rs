@@ -7,7 +7,7 @@
 //! - [`Balancer`]: `balancer::run` on port-0 listeners with a config from a variable map.
 //! - [`client`] / [`h2_client`]: pooled hyper clients; [`get`]/[`send`] helpers.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::result_large_err)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;
