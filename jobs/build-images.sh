@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Builds RustyBalancer's Docker images from static binaries compiled on the host.
+#
+# There is no container registry here, so images are `FROM scratch` and the
+# binaries are built outside Docker, then staged into a throwaway build context
+# next to the image's Dockerfile. See usage() for options.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RUST_TARGET=x86_64-unknown-linux-gnu
+IMAGE_PREFIX=${IMAGE_PREFIX:-rustybalancer}
+IMAGE_TAG=${IMAGE_TAG:-latest}
+SKIP_CARGO=0
+STRIP_DEBUG=0
+
+# Known images, built in this order when no names are given.
+# Each entry: NAME CRATE DOCKERFILE (relative to the repository root).
+# The crate's binary must be named like the crate.
+KNOWN_IMAGES=(
+    "playground playground playground/Dockerfile"
+)
+
+usage() {
+    cat <<USAGE
+Usage: $(basename "$0") [-t TAG] [-p PREFIX] [-n] [-s] [-h] [NAME...]
+
+Builds Docker images tagged PREFIX/NAME:TAG from static binaries built on the host.
+With no NAME, builds every known image.
+
+Known images: $(known_names)
+
+Options:
+  -t TAG     image tag (default: \$IMAGE_TAG or "latest")
+  -p PREFIX  image name prefix (default: \$IMAGE_PREFIX or "rustybalancer")
+  -n         don't run cargo; use the release binaries already built
+  -s         strip debug info from the staged binary (smaller image; symbols kept)
+  -h         show this help
+
+Environment:
+  CARGO_TARGET_DIR  where cargo puts binaries (default: <repo>/target)
+  IMAGE_TAG, IMAGE_PREFIX  defaults for -t and -p
+
+Uses 'docker buildx build --load' when buildx exists, else the legacy builder
+(DOCKER_BUILDKIT=0 docker build).
+USAGE
+}
+
+log() {
+    printf '[build-images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2
+}
+
+die() {
+    log "error: $*"
+    exit 1
+}
+
+known_names() {
+    local entry
+    local -a names=()
+    for entry in "${KNOWN_IMAGES[@]}"; do
+        names+=("${entry%% *}")
+    done
+    echo "${names[*]}"
+}
+
+# Prints the known-images entry for NAME, or fails.
+lookup_image() {
+    local wanted=$1 entry
+    for entry in "${KNOWN_IMAGES[@]}"; do
+        if [[ ${entry%% *} == "$wanted" ]]; then
+            echo "$entry"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Runs `docker build` on a context dir with BuildKit's buildx if present, else
+# with the legacy builder. Arguments: CONTEXT_DIR IMAGE.
+docker_build() {
+    local context=$1 image=$2
+    local -a labels=(--label "org.opencontainers.image.created=$(date -u +%Y-%m-%dT%H:%M:%SZ)")
+    local revision
+    if revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null); then
+        labels+=(--label "org.opencontainers.image.revision=$revision")
+    fi
+    if docker buildx version >/dev/null 2>&1; then
+        log "docker buildx build -> $image"
+        docker buildx build --load "${labels[@]}" -t "$image" "$context"
+    else
+        log "buildx not found; legacy builder (DOCKER_BUILDKIT=0) -> $image"
+        DOCKER_BUILDKIT=0 docker build "${labels[@]}" -t "$image" "$context"
+    fi
+}
+
+# build_image NAME CRATE DOCKERFILE: builds the crate's static release binary
+# and the image PREFIX/NAME:TAG from DOCKERFILE (path relative to the repo root).
+build_image() {
+    local name=$1 crate=$2 dockerfile=$3
+    local image="$IMAGE_PREFIX/$name:$IMAGE_TAG"
+    local target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
+    local binary="$target_dir/$RUST_TARGET/release/$crate"
+    local started=$SECONDS
+
+    [[ -f $ROOT/$dockerfile ]] || die "$name: Dockerfile $dockerfile not found"
+
+    if ((SKIP_CARGO)); then
+        log "$name: skipping cargo (-n), using $binary"
+    else
+        log "$name: cargo build --release --target $RUST_TARGET -p $crate (static)"
+        (cd "$ROOT" && RUSTFLAGS='-C target-feature=+crt-static' \
+            cargo build --release --target "$RUST_TARGET" -p "$crate")
+    fi
+    [[ -x $binary ]] || die "$name: binary $binary not found"
+    if command -v readelf >/dev/null 2>&1 && readelf -l "$binary" | grep -q 'INTERP'; then
+        die "$name: $binary is dynamically linked; a scratch image needs a static binary"
+    fi
+
+    local context
+    context=$(mktemp -d "${TMPDIR:-/tmp}/build-images-$name.XXXXXX")
+    # shellcheck disable=SC2064 # expand now: the trap must remove this context
+    trap "rm -rf '$context'" EXIT
+    cp "$binary" "$context/$crate"
+    if ((STRIP_DEBUG)); then
+        command -v strip >/dev/null 2>&1 || die "-s needs strip (binutils)"
+        strip --strip-debug "$context/$crate"
+    fi
+    cp "$ROOT/$dockerfile" "$context/Dockerfile"
+    log "$name: staged $(du -h "$context/$crate" | cut -f1) binary in $context"
+
+    docker_build "$context" "$image"
+    rm -rf "$context"
+    trap - EXIT
+
+    local size
+    size=$(docker image inspect --format '{{.Size}}' "$image")
+    log "$name: built $image ($((size / 1024)) KiB) in $((SECONDS - started))s"
+}
+
+main() {
+    local opt
+    while getopts ':t:p:nsh' opt; do
+        case $opt in
+            t) IMAGE_TAG=$OPTARG ;;
+            p) IMAGE_PREFIX=$OPTARG ;;
+            n) SKIP_CARGO=1 ;;
+            s) STRIP_DEBUG=1 ;;
+            h)
+                usage
+                exit 0
+                ;;
+            :) die "option -$OPTARG needs a value (see -h)" ;;
+            *) die "unknown option -$OPTARG (see -h)" ;;
+        esac
+    done
+    shift $((OPTIND - 1))
+
+    command -v docker >/dev/null 2>&1 || die "docker not found"
+    command -v cargo >/dev/null 2>&1 || ((SKIP_CARGO)) || die "cargo not found"
+
+    local -a names=("$@")
+    if ((${#names[@]} == 0)); then
+        read -r -a names <<<"$(known_names)"
+    fi
+    # Validate every name before building anything.
+    local name
+    for name in "${names[@]}"; do
+        lookup_image "$name" >/dev/null || die "unknown image '$name' (known: $(known_names))"
+    done
+
+    local count=0 entry
+    local -a spec
+    for name in "${names[@]}"; do
+        count=$((count + 1))
+        entry=$(lookup_image "$name")
+        read -r -a spec <<<"$entry"
+        log "[$count/${#names[@]}] building $name"
+        build_image "${spec[@]}"
+    done
+    log "done: built ${#names[@]} image(s)"
+}
+
+main "$@"
