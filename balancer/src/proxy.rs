@@ -136,6 +136,18 @@ impl Proxy {
         let (Some(cache), Some(key)) = (&self.cache, key) else {
             return self.forward(out, body, slot, on_client_upgrade).await;
         };
+        // Boxed: the cache path's future is large and rare; keep the common one small.
+        Box::pin(self.through_cache(cache, key, out, body)).await
+    }
+
+    /// Serves a cacheable GET/HEAD: from the cache, or fetched once and stored.
+    async fn through_cache(
+        &self,
+        cache: &Cache,
+        key: String,
+        out: Outgoing,
+        body: RequestBody,
+    ) -> (Response<ResponseBody>, Source) {
         if out.method == Method::HEAD {
             if let Some(entry) = cache.get(&key).await {
                 cache.hits.fetch_add(1, Ordering::Relaxed);
@@ -161,8 +173,9 @@ impl Proxy {
             Fetched::Hit(resp) => (resp, Source::Cache),
             Fetched::Stored(resp) | Fetched::Passed(resp) => (resp, Source::Backend),
             Fetched::GoUpstream => {
-                let (mut resp, source) =
-                    self.forward(retry, RequestBody::empty(), None, None).await;
+                let (mut resp, source) = self
+                    .forward(retry, RequestBody::empty(), None, None)
+                    .await;
                 resp.headers_mut()
                     .insert(X_CACHE.clone(), HeaderValue::from_static("MISS"));
                 (resp, source)
