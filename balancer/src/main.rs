@@ -1,4 +1,8 @@
 //! The `balancer` binary: parse the configuration, bind, run until SIGTERM/SIGINT.
+//!
+//! Usage: `balancer [--healthcheck]`; configuration from the environment (see
+//! artefacts/configuration.md). `--healthcheck` probes the admin listener's `/health`
+//! on loopback and exits 0 when it answers 200 (Docker's HEALTHCHECK in a scratch image).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -20,6 +24,22 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("--healthcheck") => {
+            return match protocol::healthcheck::check(config.admin_port) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!("healthcheck failed: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(other) => {
+            error!("unknown argument {other:?}; usage: balancer [--healthcheck]");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
     let threads = config.worker_threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });

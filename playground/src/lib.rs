@@ -8,7 +8,6 @@
 
 pub mod assets;
 pub mod config;
-pub mod healthcheck;
 pub mod respond;
 pub mod routes;
 

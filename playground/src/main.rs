@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     };
 
     if healthcheck {
-        return match playground::healthcheck::check(port) {
+        return match protocol::healthcheck::check(port) {
             Ok(status) => {
                 info!("healthcheck ok: {status}");
                 ExitCode::SUCCESS

@@ -71,7 +71,7 @@ async fn health_is_ok() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json(), serde_json::json!({ "status": "ok" }));
     let port = server.addr.port();
-    let probe = tokio::task::spawn_blocking(move || playground::healthcheck::check(port));
+    let probe = tokio::task::spawn_blocking(move || protocol::healthcheck::check(port));
     let status = probe.await.expect("healthcheck task").expect("healthy");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     server.shutdown().await;

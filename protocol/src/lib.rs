@@ -12,6 +12,9 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod healthcheck;
+pub mod units;
+
 /// Utilization category of a backend container, as decided by the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Category {

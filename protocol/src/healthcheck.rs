@@ -1,5 +1,5 @@
-//! `playground --healthcheck`: a dependency-free probe for Docker's HEALTHCHECK
-//! in a `scratch` image (no curl there).
+//! `--healthcheck` of every RustyBalancer binary: a std-only probe for Docker's
+//! HEALTHCHECK in a `scratch` image (no shell or curl there).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Sends `GET /health` to `127.0.0.1:port` over a raw TCP connection.
+/// Sends `GET /health` to `127.0.0.1:port` over a plain TCP connection (std only).
 ///
 /// Returns `Ok(status line)` on a 200 answer, otherwise a description of the failure.
 pub fn check(port: u16) -> Result<String, String> {
@@ -19,7 +19,7 @@ pub fn check(port: u16) -> Result<String, String> {
         .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
         .map_err(|e| format!("setting socket timeouts failed: {e}"))?;
     let request = format!(
-        "GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: playground-healthcheck\r\nConnection: close\r\n\r\n"
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: rustybalancer-healthcheck\r\nConnection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())
