@@ -5,13 +5,15 @@
 #   - a throwaway redis-server on a free loopback port (installed from Debian's packages
 #     when missing), exported as RUSTYBALANCER_TEST_REDIS_URL and stopped on exit;
 #   - the Docker engine is checked and reported (tests that need it fail under CI=true
-#     when it is missing; they never pass silently).
+#     when it is missing; they never pass silently);
+#   - the playground image the agent's Docker tests run is built (jobs/build-images.sh
+#     playground) and exported as RUSTYBALANCER_TEST_IMAGE, unless that is already set.
 #
 # Usage: jobs/test.sh [-h] [-- extra cargo test args]
 set -euo pipefail
 
 usage() {
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
@@ -85,8 +87,22 @@ check_docker() {
     fi
 }
 
+build_test_image() {
+    if [[ -n "${RUSTYBALANCER_TEST_IMAGE:-}" ]]; then
+        log "using the test image $RUSTYBALANCER_TEST_IMAGE (RUSTYBALANCER_TEST_IMAGE is set)"
+        return
+    fi
+    if ! docker info >/dev/null 2>&1; then
+        return
+    fi
+    log "building the test image (jobs/build-images.sh playground)"
+    jobs/build-images.sh playground || die "building the playground image failed"
+    export RUSTYBALANCER_TEST_IMAGE="rustybalancer/playground:latest"
+}
+
 ensure_redis
 check_docker
+build_test_image
 
 log "cargo fmt --check"
 cargo fmt --all -- --check || die "code is not formatted: run cargo fmt"

@@ -173,9 +173,8 @@ impl Proxy {
             Fetched::Hit(resp) => (resp, Source::Cache),
             Fetched::Stored(resp) | Fetched::Passed(resp) => (resp, Source::Backend),
             Fetched::GoUpstream => {
-                let (mut resp, source) = self
-                    .forward(retry, RequestBody::empty(), None, None)
-                    .await;
+                let (mut resp, source) =
+                    self.forward(retry, RequestBody::empty(), None, None).await;
                 resp.headers_mut()
                     .insert(X_CACHE.clone(), HeaderValue::from_static("MISS"));
                 (resp, source)

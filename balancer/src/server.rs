@@ -18,7 +18,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use log::{debug, info, warn};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 use crate::body::ResponseBody;
@@ -37,7 +37,10 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        // No server pings: hyper sends them even on idle connections, and each one counts
+        // as activity for `IdleTimeout`, so with IDLE_TIMEOUT > the ping interval an idle
+        // h2 client was never closed. A dead peer is caught by `IdleTimeout` instead.
+        .keep_alive_interval(None);
     b
 }
 
@@ -58,6 +61,9 @@ pub async fn serve<H, F>(
     let builder = builder(&limits);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Dropped when `serve` returns: connections still open after the grace close then,
+    // instead of outliving the server.
+    let (close_tx, close_rx) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     if let Ok(addr) = listener.local_addr() {
         info!("{name} listening on {addr}");
@@ -99,9 +105,16 @@ pub async fn serve<H, F>(
             .into_owned();
         let conn = graceful.watch(conn);
         let metrics = metrics.clone();
+        let mut close = close_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!("{name}: connection from {peer} ended: {e}");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    debug!("{name}: connection from {peer} ended: {e}");
+                },
+                // Nothing is ever sent: this completes once `close_tx` is dropped.
+                _ = close.changed() => {
+                    debug!("{name}: connection from {peer} closed after the grace period");
+                }
             }
             metrics.connections_active.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
@@ -113,6 +126,7 @@ pub async fn serve<H, F>(
         _ = graceful.shutdown() => info!("{name}: all connections closed"),
         _ = tokio::time::sleep(grace) => warn!("{name}: grace period over; closing remaining connections"),
     }
+    drop(close_tx);
 }
 
 /// A stream that fails with `TimedOut` after `timeout` without any read or write.

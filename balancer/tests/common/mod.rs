@@ -314,6 +314,15 @@ impl Balancer {
         Balancer::start(&vars).await
     }
 
+    /// Starts in static mode over the given addresses (origins, dead ports, …).
+    pub async fn over_addrs(addrs: &[SocketAddr], extra: &[(&str, &str)]) -> Balancer {
+        let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        let list = list.join(",");
+        let mut vars = vec![("STATIC_BACKENDS", list.as_str())];
+        vars.extend_from_slice(extra);
+        Balancer::start(&vars).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -395,4 +404,242 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+impl Balancer {
+    /// The value of an unlabelled metric on the admin `/metrics` page.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = get(&self.admin_url("/metrics")).await;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
+    }
+
+    /// The admin `/queue` entry of the backend at `addr`.
+    pub async fn backend(&self, addr: SocketAddr) -> serde_json::Value {
+        let q = self.queue().await;
+        q["backends"]
+            .as_array()
+            .and_then(|bs| {
+                bs.iter()
+                    .find(|b| b["address"] == addr.to_string())
+                    .cloned()
+            })
+            .unwrap_or_else(|| panic!("{addr} not in the queue: {q}"))
+    }
+}
+
+/// An address nothing listens on (bound, then closed): connecting is refused at once.
+pub async fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Binds `addr` again once its previous listener is gone (an aborted task lets go of its
+/// socket on the runtime's next turn).
+pub async fn rebind(addr: SocketAddr) -> TcpListener {
+    for _ in 0..250 {
+        if let Ok(l) = TcpListener::bind(addr).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{addr} never became free");
+}
+
+/// What a [`RawOrigin`] does once it has read a whole request.
+#[derive(Debug, Clone, Copy)]
+pub enum Misbehaviour {
+    /// Closes the connection without answering (a crash after the request arrived).
+    CloseAfterRequest,
+    /// Sends a head announcing 1000 bytes, 10 of them, then closes.
+    CloseMidResponse,
+}
+
+/// A hand-written TCP origin that reads each request (head and `Content-Length` body) and
+/// then misbehaves. `hits` counts the requests read in full.
+pub struct RawOrigin {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl RawOrigin {
+    pub async fn start(how: Misbehaviour) -> RawOrigin {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                conns.spawn(async move {
+                    let mut conn = RawConn::new(stream);
+                    if conn.read_request().await.is_none() {
+                        return;
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if let Misbehaviour::CloseMidResponse = how {
+                        let partial = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789";
+                        let _ = conn.stream.write_all(partial).await;
+                        let _ = conn.stream.flush().await;
+                    }
+                });
+            }
+        });
+        RawOrigin { addr, hits, task }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A response read off a raw connection.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Lower-cased names.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// One raw TCP connection, for what a well-behaved client library cannot do: send a head
+/// byte by byte, oversized heads, nothing at all.
+pub struct RawConn {
+    pub stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    pub fn new(stream: tokio::net::TcpStream) -> RawConn {
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn connect(addr: SocketAddr) -> RawConn {
+        RawConn::new(tokio::net::TcpStream::connect(addr).await.unwrap())
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await
+    }
+
+    /// Reads more bytes into the buffer; `false` on EOF or error (reset).
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 8192];
+        match self.stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// Reads a head (request or response): `None` if the connection ends first.
+    async fn read_head(&mut self) -> Option<(String, Vec<(String, String)>)> {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                self.buf.drain(..end + 4);
+                let mut lines = head.split("\r\n");
+                let first = lines.next().unwrap_or_default().to_string();
+                let headers = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+                    .collect();
+                return Some((first, headers));
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    async fn read_body(&mut self, len: usize) -> Option<Vec<u8>> {
+        while self.buf.len() < len {
+            if !self.fill().await {
+                return None;
+            }
+        }
+        Some(self.buf.drain(..len).collect())
+    }
+
+    fn content_length(headers: &[(String, String)]) -> usize {
+        headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Reads one request with its `Content-Length` body (origin side).
+    pub async fn read_request(&mut self) -> Option<(String, Vec<u8>)> {
+        let (line, headers) = self.read_head().await?;
+        let body = self.read_body(RawConn::content_length(&headers)).await?;
+        Some((line, body))
+    }
+
+    /// Reads one response with its `Content-Length` body; `None` if the connection ends
+    /// (or is reset) before a whole response arrived.
+    pub async fn response(&mut self) -> Option<RawResponse> {
+        let (line, headers) = self.read_head().await?;
+        let status = line.split(' ').nth(1)?.parse().ok()?;
+        let body = self.read_body(RawConn::content_length(&headers)).await?;
+        Some(RawResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Waits for the peer to close (EOF or reset), keeping whatever it sends (see
+    /// [`RawConn::unread`]). Returns how long that took, or `None` if it is still open
+    /// after `limit`.
+    pub async fn closed_within(&mut self, limit: Duration) -> Option<Duration> {
+        let start = tokio::time::Instant::now();
+        let closed = tokio::time::timeout(limit, async { while self.fill().await {} }).await;
+        closed.ok().map(|()| start.elapsed())
+    }
+
+    /// Bytes received but not consumed as a response yet.
+    pub fn unread(&self) -> &[u8] {
+        &self.buf
+    }
 }

@@ -1,0 +1,452 @@
+//! The agent's HTTP API (`HOST_PORT_HTTP_DEPLOYMENT_AGENT`), CORS enabled:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /` | the dashboard (one HTML page polling the JSON endpoints) |
+//! | `GET /stats` | array of containers with sub-scores, overall score, category, in-flight |
+//! | `GET /queue` | the queue as last published to balancers (same JSON as the wire frame) |
+//! | `GET /events?limit=N` | recorded decisions and lifecycle events, newest first |
+//! | `GET /health` | `{"status":"ok"|"degraded", docker, redis, …}`; 200 while the agent runs |
+//! | `GET /metrics` | Prometheus text |
+//! | `POST /scale` | `{"desired": n}` → clamped to `DEFAULT_CONTAINER..=MAX_CONTAINERS`; needs the token when `AGENT_TOKEN` is set |
+//!
+//! Every error is JSON `{"error": "...", "message": "..."}`.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use log::{info, warn};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::push::{QueueFrame, Reports};
+use crate::reconcile::{Command, Snapshot};
+use crate::store::Store;
+
+/// Largest request body accepted (`POST /scale` bodies are tiny).
+const MAX_BODY: usize = 16 * 1024;
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct ApiState {
+    pub token: Option<String>,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub queue: watch::Receiver<QueueFrame>,
+    pub reports: Arc<Reports>,
+    pub store: Store,
+    pub commands: mpsc::Sender<Command>,
+    pub bounds: (usize, usize),
+}
+
+type Resp = Response<Full<Bytes>>;
+
+/// Serves the API on `listener` until `shutdown` flips.
+pub async fn serve(listener: TcpListener, state: ApiState, mut shutdown: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
+    let builder = {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        b.http1()
+            .header_read_timeout(Duration::from_secs(10))
+            .timer(hyper_util::rt::TokioTimer::new());
+        b
+    };
+    if let Ok(addr) = listener.local_addr() {
+        info!("http api listening on {addr}");
+    }
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!("http api accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let state = state.clone();
+                let builder = builder.clone();
+                let mut stop = shutdown.clone();
+                conns.spawn(async move {
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(handle(req, &state).await) }
+                    });
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stop.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                        }
+                    }
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    while conns.join_next().await.is_some() {}
+}
+
+/// Answers one request.
+pub async fn handle(req: Request<Incoming>, state: &ApiState) -> Resp {
+    let mut resp = route(req, state).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn route(req: Request<Incoming>, state: &ApiState) -> Resp {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    if method == Method::OPTIONS {
+        return Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .header(header::ACCESS_CONTROL_MAX_AGE, "600")
+            .body(Full::new(Bytes::new()))
+            .unwrap_or_default();
+    }
+    let read_only = method == Method::GET || method == Method::HEAD;
+    match (path.as_str(), read_only) {
+        ("/", true) | ("/dashboard", true) => {
+            let mut r = Response::new(Full::new(Bytes::from_static(DASHBOARD.as_bytes())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
+        }
+        ("/stats", true) => stats(&state.snapshot.borrow()),
+        ("/queue", true) => {
+            let text = state.queue.borrow().text.clone();
+            raw_json(StatusCode::OK, Bytes::copy_from_slice(text.as_bytes()))
+        }
+        ("/events", true) => events(req.uri().query(), state).await,
+        ("/health", true) => health(&state.snapshot.borrow(), &state.reports),
+        ("/metrics", true) => metrics(&state.snapshot.borrow(), &state.reports),
+        ("/scale", false) if method == Method::POST => scale(req, state).await,
+        ("/" | "/dashboard" | "/stats" | "/queue" | "/events" | "/health" | "/metrics", false)
+        | ("/scale", _) => {
+            let allow = if path == "/scale" {
+                "POST, OPTIONS"
+            } else {
+                "GET, HEAD, OPTIONS"
+            };
+            let mut r = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                &format!("{method} is not allowed on {path}"),
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            r
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no route {path}"),
+        ),
+    }
+}
+
+fn stats(snap: &Snapshot) -> Resp {
+    let rows: Vec<serde_json::Value> = snap
+        .containers
+        .iter()
+        .map(|v| {
+            let c = &v.container;
+            let s = c.scores;
+            json!({
+                "id": c.id,
+                "name": c.name,
+                "address": c.address,
+                "image": c.image,
+                "cpu_score": s.map(|s| s.cpu),
+                "memory_score": s.map(|s| s.memory),
+                "network_score": s.map(|s| s.network),
+                "availability_score": s.map(|s| s.availability),
+                "overall_score": s.map(|s| s.overall),
+                "utilization_category": c.category,
+                "in_flight": v.in_flight,
+                "created_ms": c.created_ms,
+                "ready_ms": c.ready_ms,
+                "scored_ms": c.scored_ms,
+                "sundown_ms": c.sundown_ms,
+            })
+        })
+        .collect();
+    json_resp(StatusCode::OK, &serde_json::Value::Array(rows))
+}
+
+async fn events(query: Option<&str>, state: &ApiState) -> Resp {
+    let mut limit = 100usize;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("limit", v)) => match v.parse::<usize>() {
+                Ok(n) if (1..=10_000).contains(&n) => limit = n,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "limit must be an integer in 1..=10000",
+                    );
+                }
+            },
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("unknown query parameter {pair:?}"),
+                );
+            }
+        }
+    }
+    match state.store.events(limit).await {
+        Ok(list) => json_resp(StatusCode::OK, &json!(list)),
+        Err(e) => {
+            // Redis down: serve what the loop recorded in memory, and say so.
+            let snap = state.snapshot.borrow().clone();
+            let list: Vec<_> = snap.recent_events.iter().take(limit).collect();
+            let mut r = json_resp(StatusCode::OK, &json!(list));
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("redis unavailable ({e}); in-memory events"))
+            {
+                r.headers_mut().insert("x-events-source", v);
+            }
+            r
+        }
+    }
+}
+
+fn health(snap: &Snapshot, reports: &Reports) -> Resp {
+    let ok = snap.docker_ok && snap.redis_ok && snap.image_ready;
+    json_resp(
+        StatusCode::OK,
+        &json!({
+            "status": if ok { "ok" } else { "degraded" },
+            "docker": snap.docker_ok,
+            "redis": snap.redis_ok,
+            "image_ready": snap.image_ready,
+            "desired": snap.desired,
+            "active": snap.active,
+            "queue_version": snap.queue_version,
+            "balancers": reports.connected(),
+        }),
+    )
+}
+
+fn metrics(snap: &Snapshot, reports: &Reports) -> Resp {
+    let mut out = String::with_capacity(2048);
+    let mut gauge = |name: &str, help: &str, kind: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    gauge(
+        "agent_desired_containers",
+        "Desired pool size.",
+        "gauge",
+        snap.desired as f64,
+    );
+    gauge(
+        "agent_active_containers",
+        "Containers not in SUNDOWN.",
+        "gauge",
+        snap.active as f64,
+    );
+    gauge(
+        "agent_queue_version",
+        "Version of the last published queue.",
+        "gauge",
+        snap.queue_version as f64,
+    );
+    gauge(
+        "agent_docker_up",
+        "1 when the Docker engine answered on the last tick.",
+        "gauge",
+        f64::from(u8::from(snap.docker_ok)),
+    );
+    gauge(
+        "agent_redis_up",
+        "1 when Redis answered on the last write.",
+        "gauge",
+        f64::from(u8::from(snap.redis_ok)),
+    );
+    gauge(
+        "agent_balancers_connected",
+        "Balancers subscribed to the queue.",
+        "gauge",
+        reports.connected() as f64,
+    );
+    gauge(
+        "agent_scale_ups_total",
+        "Scale-up decisions.",
+        "counter",
+        snap.scale_ups as f64,
+    );
+    gauge(
+        "agent_scale_downs_total",
+        "Scale-down decisions.",
+        "counter",
+        snap.scale_downs as f64,
+    );
+    gauge(
+        "agent_containers_replaced_total",
+        "Containers replaced after exiting, vanishing or never becoming ready.",
+        "counter",
+        snap.replaced as f64,
+    );
+    gauge(
+        "agent_scoring_round_seconds",
+        "Cost of the last scoring round (CPU work, probes excluded).",
+        "gauge",
+        snap.scoring_us as f64 / 1e6,
+    );
+    let (received, malformed) = reports.counters();
+    gauge(
+        "agent_reports_received_total",
+        "Report frames received from balancers.",
+        "counter",
+        received as f64,
+    );
+    gauge(
+        "agent_frames_ignored_total",
+        "Malformed or unexpected frames ignored.",
+        "counter",
+        malformed as f64,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP agent_container_score Overall score of a container (100 = idle).\n# TYPE agent_container_score gauge"
+    );
+    for v in &snap.containers {
+        if let Some(s) = v.container.overall() {
+            let _ = writeln!(
+                out,
+                "agent_container_score{{name=\"{}\",category=\"{}\"}} {s}",
+                v.container.name, v.container.category
+            );
+        }
+    }
+    let mut r = Response::new(Full::new(Bytes::from(out)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+async fn scale(req: Request<Incoming>, state: &ApiState) -> Resp {
+    if let Some(token) = &state.token {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if presented != Some(token.as_str()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "POST /scale needs Authorization: Bearer <AGENT_TOKEN>",
+            );
+        }
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                &format!("the body must be at most {MAX_BODY} bytes"),
+            );
+        }
+    };
+    let desired = match serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("desired").and_then(serde_json::Value::as_u64))
+    {
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "expected a JSON body like {\"desired\": 3}",
+            );
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    if state
+        .commands
+        .send(Command::SetDesired { desired, reply })
+        .await
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the agent is stopping",
+        );
+    }
+    match answer.await {
+        Ok(applied) => json_resp(
+            StatusCode::OK,
+            &json!({
+                "requested": desired,
+                "desired": applied,
+                "min": state.bounds.0,
+                "max": state.bounds.1,
+            }),
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the agent is stopping",
+        ),
+    }
+}
+
+fn json_resp(status: StatusCode, value: &serde_json::Value) -> Resp {
+    raw_json(status, Bytes::from(value.to_string()))
+}
+
+fn raw_json(status: StatusCode, body: Bytes) -> Resp {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Resp {
+    json_resp(status, &json!({ "error": code, "message": message }))
+}

@@ -1,0 +1,139 @@
+//! Plain data shared by the agent's modules: what a managed container is, what Docker
+//! tells us about it, one stats sample, one event. No I/O here.
+
+use serde::{Deserialize, Serialize};
+
+pub use protocol::Category;
+
+/// Label marking a container as managed by a deployment-agent.
+pub const LABEL_MANAGED: &str = "rustybalancer.managed";
+/// Label holding `APP_IDENTIFIER` (the brief's `application=$APP_IDENTIFIER`).
+pub const LABEL_APPLICATION: &str = "application";
+/// Label holding the port the app listens on, so an adopted container's address is known.
+pub const LABEL_PORT: &str = "rustybalancer.port";
+
+/// Milliseconds since the Unix epoch; the only clock type pure code sees.
+pub type Millis = u64;
+
+/// Sub-scores and the overall score of one container, each 0 (saturated) ..= 100 (idle).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    pub cpu: f64,
+    pub memory: f64,
+    pub network: f64,
+    pub availability: f64,
+    pub overall: f64,
+}
+
+/// One managed container as the agent tracks it (and persists it in Redis).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Container {
+    /// Docker container id (full).
+    pub id: String,
+    /// Docker container name, e.g. `rustybalancer-app-3`.
+    pub name: String,
+    /// `ip:port` on the app network that balancers connect to (empty until known).
+    pub address: String,
+    /// Image reference the container runs.
+    pub image: String,
+    /// INIT until scored, then LU/MU/HU from the score, SUNDOWN once chosen for removal.
+    pub category: Category,
+    /// Latest scores; `None` until the first scoring round that had enough data.
+    pub scores: Option<Scores>,
+    /// When the agent created (or first adopted) it.
+    pub created_ms: Millis,
+    /// When it first accepted a TCP connection on the target port (entered the queue as INIT).
+    pub ready_ms: Option<Millis>,
+    /// When it was last scored.
+    pub scored_ms: Option<Millis>,
+    /// When it was marked SUNDOWN.
+    pub sundown_ms: Option<Millis>,
+    /// Queue version that first published it as SUNDOWN (drain waits for reports at or above it).
+    pub sundown_version: Option<u64>,
+}
+
+impl Container {
+    /// Counts toward the pool size (everything but SUNDOWN).
+    pub fn is_active(&self) -> bool {
+        self.category != Category::Sundown
+    }
+
+    /// Has been scored and is not leaving: counts toward the load average.
+    pub fn is_scored_active(&self) -> bool {
+        matches!(
+            self.category,
+            Category::Low | Category::Medium | Category::High
+        ) && self.scores.is_some()
+    }
+
+    /// Published to balancers (ready and not yet removed; SUNDOWN items stay visible
+    /// with weight 0 so balancers stop sending new requests).
+    pub fn is_published(&self) -> bool {
+        self.ready_ms.is_some() && !self.address.is_empty()
+    }
+
+    pub fn overall(&self) -> Option<f64> {
+        self.scores.map(|s| s.overall)
+    }
+}
+
+/// What Docker reports about one of our containers (any state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    /// `running` (and not restarting/paused/exited/dead).
+    pub running: bool,
+    /// `ip:port` on the app network, when running and attached.
+    pub address: Option<String>,
+    /// Docker's creation time.
+    pub created_ms: Millis,
+}
+
+/// One raw sample of Docker's stats API for one container (cumulative counters as
+/// Docker gives them; `pre*` are Docker's previous-read values in the same frame).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StatsSample {
+    pub at_ms: Millis,
+    /// `cpu_stats.cpu_usage.total_usage`, nanoseconds.
+    pub cpu_total_ns: u64,
+    /// `precpu_stats.cpu_usage.total_usage`.
+    pub precpu_total_ns: u64,
+    /// `cpu_stats.system_cpu_usage`, nanoseconds (all CPUs of the host).
+    pub system_ns: u64,
+    /// `precpu_stats.system_cpu_usage`.
+    pub presystem_ns: u64,
+    /// `cpu_stats.online_cpus` (falls back to the per-CPU array length, then 1).
+    pub online_cpus: u32,
+    /// Memory in use: `memory_stats.usage` minus page cache (`inactive_file` on cgroup v2,
+    /// `total_inactive_file` on v1) when present.
+    pub mem_used: u64,
+    /// `memory_stats.limit` (the host's memory when the container has no limit).
+    pub mem_limit: u64,
+    /// Sum over interfaces of `rx_bytes`.
+    pub net_rx_bytes: u64,
+    /// Sum over interfaces of `tx_bytes`.
+    pub net_tx_bytes: u64,
+}
+
+/// One recorded decision or lifecycle event (kept, bounded, in Redis; served at `/events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub at_ms: Millis,
+    /// e.g. `scale_up`, `scale_down`, `container_started`, `container_ready`, `container_removed`,
+    /// `container_replaced`, `container_adopted`, `container_forgotten`, `drain_timeout`.
+    pub kind: String,
+    /// One human-readable line: why.
+    pub reason: String,
+    /// The figures behind it (scores, counts, thresholds, ids).
+    #[serde(default)]
+    pub details: serde_json::Value,
+}
+
+/// Current wall-clock time in [`Millis`].
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

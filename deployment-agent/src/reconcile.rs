@@ -1,0 +1,925 @@
+//! The control loop, the agent's one I/O loop: every `SAMPLE_PERIOD` it
+//! **observes** (Docker containers, stats, probes, balancer reports), **decides** (pure code in
+//! [`lifecycle`] and [`scaler`]), **acts** (create, mark SUNDOWN, stop and remove),
+//! **persists** (Redis) and **publishes** (the queue frame for balancers, a snapshot for the API).
+//!
+//! The loop owns the pool; nothing else mutates it. Docker or Redis being unavailable never
+//! stops it: the last queue stays published, failures are logged once per outage, and the
+//! loop retries on its next tick.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use log::{debug, error, info, warn};
+use protocol::{Message, Queue, QueueItem};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+use crate::config::{ms, Config};
+use crate::docker::{ContainerSpec, Docker, DockerError};
+use crate::lifecycle::{self, DrainStatus};
+use crate::model::{now_ms, Category, Container, Event, Millis, Observed, StatsSample};
+use crate::push::{QueueFrame, Reports};
+use crate::scaler::{self, Decision, ScalerState};
+use crate::scoring::{self, ContainerScorer};
+use crate::store::Store;
+
+/// How long a readiness connect may take.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A SUNDOWN container is kept at least this long, so balancers that have not reported yet
+/// (or none at all) get the new queue before it stops.
+const MIN_DRAIN: Duration = Duration::from_secs(2);
+/// Events kept in memory for `/events` when Redis is unavailable.
+const MEMORY_EVENTS: usize = 200;
+
+/// A request from the HTTP API to the loop.
+#[derive(Debug)]
+pub enum Command {
+    /// `POST /scale`: set the desired pool size (clamped to the bounds by the loop).
+    SetDesired {
+        desired: usize,
+        reply: tokio::sync::oneshot::Sender<usize>,
+    },
+}
+
+/// One container as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ContainerView {
+    #[serde(flatten)]
+    pub container: Container,
+    /// Requests in flight to it, summed over the balancers' latest reports.
+    pub in_flight: u64,
+}
+
+/// What the loop last saw and did, for the HTTP API (replaced wholesale every tick).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Snapshot {
+    pub at_ms: Millis,
+    pub desired: usize,
+    pub active: usize,
+    pub containers: Vec<ContainerView>,
+    pub queue_version: u64,
+    pub docker_ok: bool,
+    pub redis_ok: bool,
+    pub image_ready: bool,
+    pub last_decision: String,
+    /// Newest first; mirrors what was written to Redis (used when Redis is unavailable).
+    pub recent_events: Vec<Event>,
+    /// Scoring round cost, microseconds (last tick).
+    pub scoring_us: u64,
+    pub scale_ups: u64,
+    pub scale_downs: u64,
+    pub replaced: u64,
+}
+
+/// Aborts the task when dropped (stats streams end with their container's record).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Tracked {
+    c: Container,
+    scorer: ContainerScorer,
+    stats: watch::Receiver<Option<StatsSample>>,
+    _stats_task: AbortOnDrop,
+    /// Stop-and-remove is under way.
+    stopping: bool,
+}
+
+/// Channels the loop publishes on.
+pub struct Outputs {
+    pub queue: watch::Sender<QueueFrame>,
+    pub snapshot: watch::Sender<Arc<Snapshot>>,
+}
+
+pub struct Controller {
+    cfg: Arc<Config>,
+    docker: Docker,
+    store: Store,
+    reports: Arc<Reports>,
+    out: Outputs,
+    pool: BTreeMap<String, Tracked>,
+    desired: usize,
+    scaler: ScalerState,
+    version: u64,
+    published: Vec<QueueItem>,
+    network: Option<String>,
+    image_ready: bool,
+    docker_ok: bool,
+    redis_ok: bool,
+    restored: bool,
+    removals: JoinSet<(String, String, Result<(), DockerError>)>,
+    events: VecDeque<Event>,
+    /// Events recorded while Redis was unavailable, written on recovery (newest first).
+    unsaved_events: VecDeque<Event>,
+    last_decision: String,
+    last_check: Option<Instant>,
+    scoring_us: u64,
+    scale_ups: u64,
+    scale_downs: u64,
+    replaced: u64,
+}
+
+impl Controller {
+    pub fn new(
+        cfg: Arc<Config>,
+        docker: Docker,
+        store: Store,
+        reports: Arc<Reports>,
+        out: Outputs,
+    ) -> Controller {
+        let desired = cfg.scaling.default_containers;
+        Controller {
+            cfg,
+            docker,
+            store,
+            reports,
+            out,
+            pool: BTreeMap::new(),
+            desired,
+            scaler: ScalerState::default(),
+            version: 0,
+            published: Vec::new(),
+            network: None,
+            image_ready: false,
+            docker_ok: true,
+            redis_ok: true,
+            restored: false,
+            removals: JoinSet::new(),
+            events: VecDeque::new(),
+            unsaved_events: VecDeque::new(),
+            last_decision: String::from("none yet"),
+            last_check: None,
+            scoring_us: 0,
+            scale_ups: 0,
+            scale_downs: 0,
+            replaced: 0,
+        }
+    }
+
+    /// Runs until `shutdown` flips. App containers are left running: a restarted agent
+    /// adopts them.
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(self.cfg.sample_period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.tick().await,
+                Some(cmd) = commands.recv() => self.command(cmd).await,
+                Some(done) = self.removals.join_next(), if !self.removals.is_empty() => {
+                    if let Ok((id, name, result)) = done {
+                        self.removed(&id, &name, result).await;
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        info!("control loop stopped; app containers keep running and will be adopted on restart");
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::SetDesired { desired, reply } => {
+                let s = &self.cfg.scaling;
+                let clamped = desired.clamp(s.default_containers, s.max_containers);
+                let before = self.desired;
+                self.desired = clamped;
+                self.event(
+                    "scale_manual",
+                    format!(
+                        "desired set to {clamped} by POST /scale (asked {desired}, was {before})"
+                    ),
+                    serde_json::json!({ "asked": desired, "desired": clamped, "was": before }),
+                )
+                .await;
+                self.persist_desired().await;
+                let _ = reply.send(clamped);
+                // Act at once rather than on the next tick.
+                self.tick().await;
+            }
+        }
+    }
+
+    /// One observe → decide → act → persist → publish round.
+    async fn tick(&mut self) {
+        let now = now_ms();
+        if !self.restored && !self.restore().await {
+            self.publish(now);
+            return;
+        }
+        self.ensure_image().await;
+        match self.docker.list_ours(&self.cfg.app).await {
+            Ok(observed) => {
+                if !self.docker_ok {
+                    info!("docker engine reachable again");
+                    self.docker_ok = true;
+                }
+                self.reconcile(observed, now).await;
+            }
+            Err(e) => {
+                if self.docker_ok {
+                    error!("docker unavailable, keeping the last queue: {e}");
+                    self.docker_ok = false;
+                }
+            }
+        }
+        self.readiness(now).await;
+        self.score(now).await;
+        self.scale(now).await;
+        self.drain(now).await;
+        self.publish(now);
+        self.persist().await;
+        self.snapshot(now);
+    }
+
+    /// Loads the desired count and the container records from Redis (once, at start).
+    async fn restore(&mut self) -> bool {
+        let desired = match self.store.desired().await {
+            Ok(d) => d,
+            Err(e) => {
+                if self.redis_ok {
+                    error!(
+                        "redis unavailable, cannot restore state yet (retrying every tick): {e}"
+                    );
+                    self.redis_ok = false;
+                }
+                return false;
+            }
+        };
+        let records = match self.store.load_containers().await {
+            Ok(r) => r,
+            Err(e) => {
+                error!("loading container records from redis failed (retrying): {e}");
+                return false;
+            }
+        };
+        self.redis_ok = true;
+        let s = &self.cfg.scaling;
+        self.desired = desired
+            .unwrap_or(s.default_containers)
+            .clamp(s.default_containers, s.max_containers);
+        info!(
+            "restored from redis: desired {} ({}), {} container record(s)",
+            self.desired,
+            if desired.is_some() {
+                "saved"
+            } else {
+                "default"
+            },
+            records.len()
+        );
+        for c in records {
+            self.track(c);
+        }
+        self.network = match &self.cfg.network {
+            Some(n) => Some(n.clone()),
+            None => match self.docker.own_network().await {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!("could not find the agent's own network, app containers join the default bridge: {e}");
+                    None
+                }
+            },
+        };
+        info!(
+            "app containers join network {}",
+            self.network.as_deref().unwrap_or("(default bridge)")
+        );
+        self.restored = true;
+        true
+    }
+
+    async fn ensure_image(&mut self) {
+        if self.image_ready {
+            return;
+        }
+        match self
+            .docker
+            .ensure_image(&self.cfg.image, self.cfg.image_pull_retries)
+            .await
+        {
+            Ok(()) => {
+                info!("image {} is present", self.cfg.image);
+                self.image_ready = true;
+            }
+            Err(e) => error!(
+                "image {} unavailable, no container can be created: {e}",
+                self.cfg.image
+            ),
+        }
+    }
+
+    fn track(&mut self, c: Container) {
+        let (tx, rx) = watch::channel(None);
+        let docker = self.docker.clone();
+        let id = c.id.clone();
+        let task = tokio::spawn(stats_feed(docker, id, tx));
+        let scorer = ContainerScorer::new(&self.cfg.scoring, self.cfg.container.cpus);
+        self.pool.insert(
+            c.id.clone(),
+            Tracked {
+                c,
+                scorer,
+                stats: rx,
+                _stats_task: AbortOnDrop(task),
+                stopping: false,
+            },
+        );
+    }
+
+    async fn reconcile(&mut self, observed: Vec<Observed>, now: Millis) {
+        // Addresses can appear after creation (network attach); keep records current.
+        for o in &observed {
+            if let (Some(t), Some(addr)) = (self.pool.get_mut(&o.id), &o.address) {
+                if t.c.address != *addr {
+                    t.c.address = addr.clone();
+                }
+            }
+        }
+        let known: Vec<Container> = self
+            .pool
+            .values()
+            .filter(|t| !t.stopping)
+            .map(|t| t.c.clone())
+            .collect();
+        let plan = lifecycle::plan(
+            self.desired,
+            &known,
+            &observed,
+            now,
+            ms(self.cfg.ready_timeout),
+        );
+        for o in plan.adopt {
+            let c = Container {
+                id: o.id.clone(),
+                name: o.name.clone(),
+                address: o.address.clone().unwrap_or_default(),
+                image: o.image.clone(),
+                category: Category::Init,
+                scores: None,
+                created_ms: o.created_ms,
+                ready_ms: None,
+                scored_ms: None,
+                sundown_ms: None,
+                sundown_version: None,
+            };
+            self.event(
+                "container_adopted",
+                format!("adopted running container {} found in docker", o.name),
+                serde_json::json!({ "id": o.id, "name": o.name }),
+            )
+            .await;
+            self.track(c);
+        }
+        for id in plan.forget {
+            if let Some(t) = self.pool.remove(&id) {
+                self.replaced += 1;
+                self.event(
+                    "container_vanished",
+                    format!(
+                        "container {} disappeared from docker; it will be replaced",
+                        t.c.name
+                    ),
+                    serde_json::json!({ "id": id, "name": t.c.name }),
+                )
+                .await;
+                self.forget_record(&id).await;
+            }
+        }
+        for id in plan.remove {
+            let name = self
+                .pool
+                .get(&id)
+                .map(|t| t.c.name.clone())
+                .or_else(|| observed.iter().find(|o| o.id == id).map(|o| o.name.clone()))
+                .unwrap_or_else(|| id.clone());
+            let stuck = self.pool.get(&id).is_some_and(|t| t.c.ready_ms.is_none());
+            self.replaced += 1;
+            self.event(
+                "container_replaced",
+                if stuck {
+                    format!("container {name} did not accept connections within READY_TIMEOUT; replacing it")
+                } else {
+                    format!("container {name} is not running (exited or dead); replacing it")
+                },
+                serde_json::json!({ "id": id, "name": name }),
+            )
+            .await;
+            self.start_removal(&id, &name);
+        }
+        if plan.create > 0 && self.image_ready {
+            self.create(plan.create, &observed, now).await;
+        }
+        if plan.excess > 0 {
+            let pool: Vec<Container> = self.pool.values().map(|t| t.c.clone()).collect();
+            let victims = scaler::pick_victims(&pool, plan.excess);
+            if !victims.is_empty() {
+                self.sundown(&victims, "pool above the desired size", now)
+                    .await;
+            }
+        }
+    }
+
+    async fn create(&mut self, count: usize, observed: &[Observed], now: Millis) {
+        let mut taken: HashSet<String> = self.pool.values().map(|t| t.c.name.clone()).collect();
+        taken.extend(observed.iter().map(|o| o.name.clone()));
+        let mut index = 1usize;
+        let mut created = 0;
+        while created < count {
+            let name = format!("{}-{index}", self.cfg.container.name_prefix);
+            index += 1;
+            if taken.contains(&name) {
+                continue;
+            }
+            if index > self.cfg.scaling.max_containers * 4 + 64 {
+                warn!(
+                    "no free container name found under {}",
+                    self.cfg.container.name_prefix
+                );
+                return;
+            }
+            let spec = ContainerSpec {
+                name: name.clone(),
+                image: self.cfg.image.clone(),
+                app: self.cfg.app.clone(),
+                target_port: self.cfg.target_port,
+                network: self.network.clone(),
+                cpus: self.cfg.container.cpus,
+                memory_bytes: self.cfg.container.memory_bytes,
+                env: self.cfg.container.env.clone(),
+            };
+            match self.docker.create_and_start(&spec).await {
+                Ok(o) => {
+                    created += 1;
+                    taken.insert(name.clone());
+                    self.event(
+                        "container_started",
+                        format!("started {name} ({} of {count})", created),
+                        serde_json::json!({ "id": o.id, "name": name, "desired": self.desired }),
+                    )
+                    .await;
+                    self.track(Container {
+                        id: o.id,
+                        name: o.name,
+                        address: o.address.unwrap_or_default(),
+                        image: o.image,
+                        category: Category::Init,
+                        scores: None,
+                        created_ms: now,
+                        ready_ms: None,
+                        scored_ms: None,
+                        sundown_ms: None,
+                        sundown_version: None,
+                    });
+                }
+                Err(DockerError::NameInUse { .. }) => {
+                    taken.insert(name);
+                }
+                Err(e) => {
+                    error!("creating container {name} failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Containers enter the queue (as INIT) once they accept connections on TARGET_PORT.
+    async fn readiness(&mut self, now: Millis) {
+        let pending: Vec<(String, String)> = self
+            .pool
+            .values()
+            .filter(|t| t.c.ready_ms.is_none() && !t.c.address.is_empty() && !t.stopping)
+            .map(|t| (t.c.id.clone(), t.c.address.clone()))
+            .collect();
+        let checks = pending.into_iter().map(|(id, addr)| async move {
+            let ok = crate::probe::accepts(&addr, READY_PROBE_TIMEOUT).await;
+            (id, ok)
+        });
+        for (id, ok) in futures_util::future::join_all(checks).await {
+            if !ok {
+                continue;
+            }
+            let Some(t) = self.pool.get_mut(&id) else {
+                continue;
+            };
+            t.c.ready_ms = Some(now);
+            let (name, waited) = (t.c.name.clone(), now.saturating_sub(t.c.created_ms));
+            self.event(
+                "container_ready",
+                format!("{name} accepts connections; published as INIT"),
+                serde_json::json!({ "id": id, "name": name, "ms_since_created": waited }),
+            )
+            .await;
+        }
+    }
+
+    /// Feeds stats, probes and reports into the scorers; sets categories from the scores.
+    async fn score(&mut self, now: Millis) {
+        let probe_timeout = self.cfg.probe_timeout;
+        let path = self.cfg.probe_path.clone();
+        let targets: Vec<(String, String)> = self
+            .pool
+            .values()
+            .filter(|t| t.c.ready_ms.is_some() && t.c.is_active() && !t.stopping)
+            .map(|t| (t.c.id.clone(), t.c.address.clone()))
+            .collect();
+        let probes = targets.into_iter().map(|(id, addr)| {
+            let path = path.clone();
+            async move {
+                let r = crate::probe::response_time(&addr, &path, probe_timeout).await;
+                (id, r)
+            }
+        });
+        let results = futures_util::future::join_all(probes).await;
+        let reports = self.reports.take_pending();
+        let started = std::time::Instant::now();
+        for (id, result) in results {
+            if let Some(t) = self.pool.get_mut(&id) {
+                if let Err(e) = &result {
+                    debug!("probe of {} failed: {e}", t.c.name);
+                }
+                t.scorer.on_probe(result.ok());
+            }
+        }
+        for report in &reports {
+            for b in &report.backends {
+                if let Some(t) = self.pool.get_mut(&b.id) {
+                    t.scorer.on_report(b.latency_p50_ms, b.requests, b.errors);
+                }
+            }
+        }
+        let (lu, mu) = (self.cfg.scoring.lu_threshold, self.cfg.scoring.mu_threshold);
+        for t in self.pool.values_mut() {
+            if t.stats.has_changed().unwrap_or(false) {
+                if let Some(sample) = *t.stats.borrow_and_update() {
+                    t.scorer.on_stats(sample);
+                }
+            }
+            if t.c.ready_ms.is_none() || !t.c.is_active() {
+                continue;
+            }
+            if let Some(scores) = t.scorer.scores() {
+                let category = scoring::category(scores.overall, lu, mu);
+                if category != t.c.category {
+                    debug!(
+                        "{}: {} -> {} (score {:.1})",
+                        t.c.name, t.c.category, category, scores.overall
+                    );
+                }
+                t.c.scores = Some(scores);
+                t.c.scored_ms = Some(now);
+                t.c.category = category;
+            }
+        }
+        self.scoring_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    }
+
+    async fn scale(&mut self, now: Millis) {
+        let due = self
+            .last_check
+            .is_none_or(|t| t.elapsed() >= self.cfg.scaling.check_period);
+        if !due || !self.docker_ok {
+            return;
+        }
+        self.last_check = Some(Instant::now());
+        let pool: Vec<Container> = self
+            .pool
+            .values()
+            .filter(|t| !t.stopping)
+            .map(|t| t.c.clone())
+            .collect();
+        let decision = scaler::decide(
+            &pool,
+            self.desired,
+            &self.cfg.scaling,
+            &mut self.scaler,
+            now,
+        );
+        match decision {
+            Decision::Hold { reason } => {
+                debug!("scaling: hold ({reason})");
+                self.last_decision = format!("hold: {reason}");
+            }
+            Decision::Up {
+                count,
+                reason,
+                details,
+            } => {
+                let before = self.desired;
+                self.desired =
+                    (self.desired.max(active(&pool)) + count).min(self.cfg.scaling.max_containers);
+                self.scale_ups += 1;
+                self.last_decision = format!("scale up: {reason}");
+                self.event(
+                    "scale_up",
+                    format!("desired {before} -> {}: {reason}", self.desired),
+                    details,
+                )
+                .await;
+                self.persist_desired().await;
+            }
+            Decision::Down {
+                victims,
+                reason,
+                details,
+            } => {
+                let before = self.desired;
+                self.desired = active(&pool)
+                    .saturating_sub(victims.len())
+                    .max(self.cfg.scaling.default_containers);
+                self.scale_downs += 1;
+                self.last_decision = format!("scale down: {reason}");
+                self.event(
+                    "scale_down",
+                    format!("desired {before} -> {}: {reason}", self.desired),
+                    details,
+                )
+                .await;
+                self.persist_desired().await;
+                self.sundown(&victims, &reason, now).await;
+            }
+        }
+    }
+
+    async fn sundown(&mut self, victims: &[String], reason: &str, now: Millis) {
+        for id in victims {
+            let Some(t) = self.pool.get_mut(id) else {
+                continue;
+            };
+            if t.c.category == Category::Sundown {
+                continue;
+            }
+            t.c.category = Category::Sundown;
+            t.c.sundown_ms = Some(now);
+            t.c.sundown_version = None;
+            let name = t.c.name.clone();
+            self.event(
+                "container_sundown",
+                format!("{name} marked SUNDOWN ({reason}); draining"),
+                serde_json::json!({ "id": id, "name": name }),
+            )
+            .await;
+        }
+    }
+
+    /// Stops SUNDOWN containers once the balancers report nothing in flight (or on timeout).
+    async fn drain(&mut self, now: Millis) {
+        let candidates: Vec<(String, Container)> = self
+            .pool
+            .values()
+            .filter(|t| t.c.category == Category::Sundown && !t.stopping)
+            .map(|t| (t.c.id.clone(), t.c.clone()))
+            .collect();
+        for (id, c) in candidates {
+            // Not yet published as SUNDOWN: the balancers may not know yet.
+            if c.sundown_version.is_none() {
+                continue;
+            }
+            let views = self.reports.views_for(&id);
+            match lifecycle::drain_status(
+                &c,
+                &views,
+                now,
+                ms(self.cfg.drain_timeout),
+                ms(MIN_DRAIN),
+            ) {
+                DrainStatus::Waiting(why) => debug!("{}: draining ({why})", c.name),
+                DrainStatus::Drained(why) => {
+                    self.event(
+                        "container_drained",
+                        format!("{} drained ({why}); stopping it", c.name),
+                        serde_json::json!({ "id": id, "name": c.name }),
+                    )
+                    .await;
+                    self.start_removal(&id, &c.name);
+                }
+                DrainStatus::TimedOut => {
+                    let in_flight: u64 = views.iter().map(|v| v.in_flight).sum();
+                    self.event(
+                        "drain_timeout",
+                        format!(
+                            "{} still had {in_flight} request(s) in flight after DRAIN_TIMEOUT; stopping it",
+                            c.name
+                        ),
+                        serde_json::json!({ "id": id, "name": c.name, "in_flight": in_flight }),
+                    )
+                    .await;
+                    self.start_removal(&id, &c.name);
+                }
+            }
+        }
+    }
+
+    fn start_removal(&mut self, id: &str, name: &str) {
+        if let Some(t) = self.pool.get_mut(id) {
+            if t.stopping {
+                return;
+            }
+            t.stopping = true;
+        }
+        let docker = self.docker.clone();
+        let grace = self.cfg.stop_timeout;
+        let (id, name) = (id.to_string(), name.to_string());
+        self.removals.spawn(async move {
+            let r = docker.stop_and_remove(&id, grace).await;
+            (id, name, r)
+        });
+    }
+
+    async fn removed(&mut self, id: &str, name: &str, result: Result<(), DockerError>) {
+        match result {
+            Ok(()) => {
+                self.pool.remove(id);
+                self.forget_record(id).await;
+                self.event(
+                    "container_removed",
+                    format!("{name} stopped and removed"),
+                    serde_json::json!({ "id": id, "name": name }),
+                )
+                .await;
+            }
+            Err(e) => {
+                // Try again on a later tick.
+                warn!("stopping {name} failed, will retry: {e}");
+                if let Some(t) = self.pool.get_mut(id) {
+                    t.stopping = false;
+                }
+            }
+        }
+    }
+
+    /// Builds the queue from the pool; publishes a new version when anything changed.
+    fn publish(&mut self, now: Millis) {
+        let mut items: Vec<QueueItem> = self
+            .pool
+            .values()
+            .filter(|t| t.c.is_published())
+            .map(|t| QueueItem {
+                id: t.c.id.clone(),
+                name: t.c.name.clone(),
+                address: t.c.address.clone(),
+                score: t.c.overall().map_or(0.0, |s| (s * 10.0).round() / 10.0),
+                category: t.c.category,
+            })
+            .collect();
+        items.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+        if items == self.published && self.version > 0 {
+            return;
+        }
+        // Wall-clock milliseconds as the floor keeps versions increasing across restarts.
+        self.version = (self.version + 1).max(now);
+        for t in self.pool.values_mut() {
+            if t.c.category == Category::Sundown && t.c.sundown_version.is_none() {
+                t.c.sundown_version = Some(self.version);
+            }
+        }
+        let text: Arc<str> = Message::Queue(Queue {
+            version: self.version,
+            items: items.clone(),
+        })
+        .encode()
+        .into();
+        debug!("publishing queue v{} ({} items)", self.version, items.len());
+        self.published = items;
+        self.out.queue.send_replace(QueueFrame {
+            version: self.version,
+            text,
+        });
+    }
+
+    async fn persist(&mut self) {
+        for t in self.pool.values() {
+            if let Err(e) = self.store.save_container(&t.c).await {
+                self.redis_down(&e.to_string());
+                return;
+            }
+        }
+        if !self.redis_ok {
+            info!("redis reachable again; state re-saved");
+            self.redis_ok = true;
+            self.persist_desired().await;
+            let unsaved = std::mem::take(&mut self.unsaved_events);
+            for event in unsaved.iter().rev() {
+                if let Err(e) = self.store.push_event(event, self.cfg.events_max).await {
+                    self.redis_down(&e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn persist_desired(&mut self) {
+        if let Err(e) = self.store.set_desired(self.desired).await {
+            self.redis_down(&e.to_string());
+        }
+    }
+
+    async fn forget_record(&mut self, id: &str) {
+        if let Err(e) = self.store.delete_container(id).await {
+            self.redis_down(&e.to_string());
+        }
+    }
+
+    fn redis_down(&mut self, e: &str) {
+        if self.redis_ok {
+            error!("redis unavailable, state kept in memory and re-saved on recovery: {e}");
+            self.redis_ok = false;
+        }
+    }
+
+    /// Logs, records in Redis (bounded list) and in memory.
+    async fn event(&mut self, kind: &str, reason: String, details: serde_json::Value) {
+        info!("{kind}: {reason}");
+        let event = Event {
+            at_ms: now_ms(),
+            kind: kind.to_string(),
+            reason,
+            details,
+        };
+        let saved = self.redis_ok
+            && match self.store.push_event(&event, self.cfg.events_max).await {
+                Ok(()) => true,
+                Err(e) => {
+                    self.redis_down(&e.to_string());
+                    false
+                }
+            };
+        if !saved {
+            self.unsaved_events.push_front(event.clone());
+            self.unsaved_events.truncate(MEMORY_EVENTS);
+        }
+        self.events.push_front(event);
+        self.events.truncate(MEMORY_EVENTS);
+    }
+
+    fn snapshot(&mut self, now: Millis) {
+        let containers: Vec<ContainerView> = self
+            .pool
+            .values()
+            .map(|t| ContainerView {
+                container: t.c.clone(),
+                in_flight: self.reports.in_flight(&t.c.id),
+            })
+            .collect();
+        let active = self.pool.values().filter(|t| t.c.is_active()).count();
+        self.out.snapshot.send_replace(Arc::new(Snapshot {
+            at_ms: now,
+            desired: self.desired,
+            active,
+            containers,
+            queue_version: self.version,
+            docker_ok: self.docker_ok,
+            redis_ok: self.redis_ok,
+            image_ready: self.image_ready,
+            last_decision: self.last_decision.clone(),
+            recent_events: self.events.iter().cloned().collect(),
+            scoring_us: self.scoring_us,
+            scale_ups: self.scale_ups,
+            scale_downs: self.scale_downs,
+            replaced: self.replaced,
+        }));
+    }
+}
+
+fn active(pool: &[Container]) -> usize {
+    pool.iter().filter(|c| c.is_active()).count()
+}
+
+/// One long-lived Docker stats stream per container, re-opened after errors, shared through
+/// a `watch` channel (the loop reads the latest sample; nothing re-samples per reader).
+async fn stats_feed(docker: Docker, id: String, tx: watch::Sender<Option<StatsSample>>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let mut stream = Box::pin(docker.stats_stream(&id));
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(sample) => {
+                    backoff = Duration::from_millis(500);
+                    if tx.send(Some(sample)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    debug!("stats stream of {id} ended: {e}");
+                    break;
+                }
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}

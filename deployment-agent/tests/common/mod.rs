@@ -1,0 +1,316 @@
+//! Test harness for the agent's I/O edges, against real components.
+//!
+//! - [`RedisServer`]: a throwaway `redis-server` on a free loopback port with its own temp
+//!   dir, killed on `Drop`; [`RedisServer::stop`] / [`RedisServer::resume`] restart it on
+//!   the same port.
+//! - [`docker`] / [`docker_and_image`]: the local Docker engine and the test image
+//!   (`RUSTYBALANCER_TEST_IMAGE`, default `rustybalancer/playground:latest`).
+//! - [`unique_app`], [`LabelCleanup`], [`TestNetwork`]: unique names per test and `Drop`
+//!   guards that remove what a test created even when it fails.
+//! - [`http_get`] / [`wait_http_ok`]: a minimal HTTP/1.1 client over plain TCP.
+//!
+//! A missing component (redis-server, Docker engine, test image) makes a test fail with a
+//! clear message under `CI=true`; otherwise the test prints why it is skipped and returns.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use deployment_agent::docker::Docker;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Default image for Docker tests; built by `jobs/build-images.sh playground`.
+pub const DEFAULT_TEST_IMAGE: &str = "rustybalancer/playground:latest";
+/// Port the playground listens on (its `PORT` default).
+pub const PLAYGROUND_PORT: u16 = 5000;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Fails the test under CI, otherwise prints why it is skipped. Returns `None` for `let … else`.
+pub fn missing<T>(what: &str) -> Option<T> {
+    if in_ci() {
+        panic!("CI=true and {what}");
+    }
+    eprintln!("SKIPPED: {what} (set CI=true to make this a failure)");
+    None
+}
+
+/// Best-effort logging for tests (`RUST_LOG=debug cargo test …`).
+pub fn init_logging() {
+    let _ = env_logger::builder().is_test(true).try_init();
+}
+
+/// A unique `APP_IDENTIFIER` for one test: `rbtest-<pid>-<n>`.
+pub fn unique_app() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("rbtest-{}-{n}", std::process::id())
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A `redis-server` child process on `127.0.0.1:<port>`.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    binary: String,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` (or `$RUSTYBALANCER_REDIS_SERVER`) on a free port.
+    /// `None` (skip) when the binary is missing outside CI.
+    pub fn start() -> Option<RedisServer> {
+        let binary =
+            std::env::var("RUSTYBALANCER_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let found = Command::new(&binary)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return missing(&format!(
+                "`{binary}` is not installed (apt-get install redis-server, or run jobs/test.sh)"
+            ));
+        }
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("rbtest-redis-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create redis temp dir");
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir,
+            binary,
+        };
+        server.resume();
+        Some(server)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (its data is gone: persistence is off).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and waits until it answers `PING`.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "redis-server is already running");
+        let child = Command::new(&self.binary)
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(self.dir.join("redis.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.binary));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.answers_ping() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+        panic!(
+            "redis-server did not answer PING on port {} within 10s; log:\n{log}",
+            self.port
+        );
+    }
+
+    /// Stops and starts again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.resume();
+    }
+
+    fn answers_ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 16];
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The local Docker engine (`$DOCKER_HOST` or the default socket); `None` (skip) outside CI.
+pub async fn docker() -> Option<Docker> {
+    let host = std::env::var("DOCKER_HOST").unwrap_or_default();
+    match Docker::connect(&host).await {
+        Ok(docker) => Some(docker),
+        Err(e) => missing(&format!("the Docker engine is not reachable: {e}")),
+    }
+}
+
+/// The image Docker tests run (`$RUSTYBALANCER_TEST_IMAGE`, default [`DEFAULT_TEST_IMAGE`]),
+/// checked to exist locally (nothing can be pulled here).
+pub fn test_image() -> Option<String> {
+    let image =
+        std::env::var("RUSTYBALANCER_TEST_IMAGE").unwrap_or_else(|_| DEFAULT_TEST_IMAGE.into());
+    let present = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", &image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        Some(image)
+    } else {
+        missing(&format!(
+            "test image {image} is missing: build it with `jobs/build-images.sh playground`"
+        ))
+    }
+}
+
+/// [`docker`] and [`test_image`] together.
+pub async fn docker_and_image() -> Option<(Docker, String)> {
+    let docker = docker().await?;
+    let image = test_image()?;
+    Some((docker, image))
+}
+
+/// Runs the docker CLI, returning trimmed stdout on success.
+pub fn docker_cli(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("run docker {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(format!(
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Force-removes every container labelled `application=<app>` on `Drop`.
+pub struct LabelCleanup(pub String);
+
+impl Drop for LabelCleanup {
+    fn drop(&mut self) {
+        let filter = format!("label=application={}", self.0);
+        let Ok(ids) = docker_cli(&["ps", "-aq", "--filter", &filter]) else {
+            return;
+        };
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(ids);
+            if let Err(e) = docker_cli(&args) {
+                eprintln!("cleanup of {}: {e}", self.0);
+            }
+        }
+    }
+}
+
+/// A user-defined bridge network (its containers get IPs the host can reach), removed on
+/// `Drop`. Declare it *before* the [`LabelCleanup`] of the containers on it, so the
+/// containers are removed first.
+pub struct TestNetwork {
+    pub name: String,
+}
+
+impl TestNetwork {
+    pub fn create(app: &str) -> TestNetwork {
+        let name = format!("{app}-net");
+        if let Err(e) = docker_cli(&["network", "create", "--driver", "bridge", &name]) {
+            panic!("create test network {name}: {e}");
+        }
+        TestNetwork { name }
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        if let Err(e) = docker_cli(&["network", "rm", &self.name]) {
+            eprintln!("cleanup of network {}: {e}", self.name);
+        }
+    }
+}
+
+/// `GET path` over a fresh TCP connection; returns the status code and the body.
+pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write to {addr}: {e}"))?;
+        let mut raw = Vec::new();
+        stream
+            .read_to_end(&mut raw)
+            .await
+            .map_err(|e| format!("read from {addr}: {e}"))?;
+        let text = String::from_utf8_lossy(&raw);
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no status line from {addr}: {text:?}"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
+        Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| format!("GET {path} on {addr} timed out"))?
+}
+
+/// Polls `GET path` until it answers 200 or `within` passes.
+pub async fn wait_http_ok(addr: &str, path: &str, within: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let last = match http_get(addr, path).await {
+            Ok((200, body)) => return Ok(body),
+            Ok((status, body)) => format!("status {status}: {body}"),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(format!("GET {path} on {addr} never answered 200: {last}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
