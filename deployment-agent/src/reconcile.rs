@@ -419,7 +419,7 @@ impl Controller {
             self.start_removal(&id, &name);
         }
         if plan.create > 0 && self.image_ready {
-            self.create(plan.create, &observed, now).await;
+            self.create(plan.create, &observed).await;
         }
         if plan.excess > 0 {
             let pool: Vec<Container> = self.pool.values().map(|t| t.c.clone()).collect();
@@ -431,7 +431,7 @@ impl Controller {
         }
     }
 
-    async fn create(&mut self, count: usize, observed: &[Observed], now: Millis) {
+    async fn create(&mut self, count: usize, observed: &[Observed]) {
         let mut taken: HashSet<String> = self.pool.values().map(|t| t.c.name.clone()).collect();
         taken.extend(observed.iter().map(|o| o.name.clone()));
         let mut index = 1usize;
@@ -476,7 +476,7 @@ impl Controller {
                         image: o.image,
                         category: Category::Init,
                         scores: None,
-                        created_ms: now,
+                        created_ms: now_ms(),
                         ready_ms: None,
                         scored_ms: None,
                         sundown_ms: None,
@@ -513,8 +513,9 @@ impl Controller {
             let Some(t) = self.pool.get_mut(&id) else {
                 continue;
             };
-            t.c.ready_ms = Some(now);
-            let (name, waited) = (t.c.name.clone(), now.saturating_sub(t.c.created_ms));
+            let at = now_ms().max(now);
+            t.c.ready_ms = Some(at);
+            let (name, waited) = (t.c.name.clone(), at.saturating_sub(t.c.created_ms));
             self.event(
                 "container_ready",
                 format!("{name} accepts connections; published as INIT"),
