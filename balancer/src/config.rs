@@ -4,12 +4,12 @@
 //! function so tests pass a map; it parses *every* variable before failing, so one run names
 //! every bad value. The defaults are documented in `artefacts/configuration.md`.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::selection::Strategy;
-use protocol::units::{parse_bytes, parse_duration};
+use protocol::config::Reader;
+pub use protocol::config::{ConfigError, ConfigErrors};
 
 pub const HOST_PORT_HTTP_BALANCER: &str = "HOST_PORT_HTTP_BALANCER";
 pub const HOST_PORT_ADMIN_BALANCER: &str = "HOST_PORT_ADMIN_BALANCER";
@@ -105,100 +105,6 @@ pub struct EjectionConfig {
     pub max: Duration,
 }
 
-/// One bad variable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub variable: &'static str,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.variable, self.message)
-    }
-}
-
-/// Every bad variable found in one pass.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        write!(f, "invalid configuration: {}", parts.join("; "))
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-/// Collects parse errors while reading variables.
-struct Reader<'a, F: Fn(&str) -> Option<String>> {
-    lookup: &'a F,
-    errors: Vec<ConfigError>,
-}
-
-impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
-    fn raw(&self, name: &str) -> Option<String> {
-        (self.lookup)(name).map(|v| v.trim().to_string())
-    }
-
-    fn fail(&mut self, variable: &'static str, message: impl Into<String>) {
-        self.errors.push(ConfigError {
-            variable,
-            message: message.into(),
-        });
-    }
-
-    /// Parses with `parse`, or falls back to `default` when unset or empty.
-    fn get<T>(
-        &mut self,
-        name: &'static str,
-        default: T,
-        expected: &str,
-        parse: impl Fn(&str) -> Option<T>,
-    ) -> T {
-        match self.raw(name) {
-            None => default,
-            Some(v) if v.is_empty() => default,
-            Some(v) => match parse(&v) {
-                Some(x) => x,
-                None => {
-                    self.fail(name, format!("expected {expected}, got {v:?}"));
-                    default
-                }
-            },
-        }
-    }
-
-    fn port(&mut self, name: &'static str, default: u16) -> u16 {
-        self.get(name, default, "a TCP port 0-65535", |v| v.parse().ok())
-    }
-
-    fn duration(&mut self, name: &'static str, default: Duration) -> Duration {
-        self.get(
-            name,
-            default,
-            "a duration such as 30, 30s, 500ms or 2m",
-            parse_duration,
-        )
-    }
-
-    fn count(&mut self, name: &'static str, default: u64, min: u64) -> u64 {
-        self.get(name, default, &format!("a whole number >= {min}"), |v| {
-            v.parse::<u64>().ok().filter(|n| *n >= min)
-        })
-    }
-
-    fn bytes(&mut self, name: &'static str, default: u64) -> u64 {
-        self.get(
-            name,
-            default,
-            "a size such as 1048576, 512KiB or 10MiB",
-            parse_bytes,
-        )
-    }
-}
-
 fn parse_backend_list(v: &str) -> Option<Vec<String>> {
     let mut out = Vec::new();
     for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -219,10 +125,7 @@ impl Config {
 
     /// Reads every variable through `lookup`, reporting every bad one at once.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
-        let mut r = Reader {
-            lookup: &lookup,
-            errors: Vec::new(),
-        };
+        let mut r = Reader::new(&lookup);
         let bind_address = r.get(
             BIND_ADDRESS,
             IpAddr::from([0, 0, 0, 0]),
@@ -231,7 +134,7 @@ impl Config {
         );
         let http_port = r.port(HOST_PORT_HTTP_BALANCER, 2548);
         let admin_port = r.port(HOST_PORT_ADMIN_BALANCER, 2549);
-        let agent_url = match r.raw(DEPLOYMENT_AGENT_URL) {
+        let agent_url = match r.verbatim(DEPLOYMENT_AGENT_URL) {
             None => Some("ws://deployment-agent:2547/ws".to_string()),
             Some(v) if v.is_empty() => None,
             Some(v) if v.starts_with("ws://") || v.starts_with("wss://") => Some(v),
@@ -322,12 +225,8 @@ impl Config {
             reconnect_max,
             worker_threads,
         };
-        r.errors.extend(config.validate());
-        if r.errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigErrors(r.errors))
-        }
+        let cross_field = config.validate();
+        r.finish(config, cross_field)
     }
 
     /// Cross-field rules.

@@ -9,36 +9,16 @@ use std::process::ExitCode;
 
 use balancer::config::Config;
 use log::{error, info};
-
-/// sysexits.h EX_CONFIG-style code for bad configuration.
-const EXIT_CONFIG: u8 = 64;
-/// EX_UNAVAILABLE-style code when a port cannot be bound or the runtime cannot start.
-const EXIT_UNAVAILABLE: u8 = 69;
+use protocol::process::{self, EXIT_UNAVAILABLE};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config = match Config::from_env() {
         Ok(c) => c,
-        Err(e) => {
-            error!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(e) => return process::config_failure(&e),
     };
-    match std::env::args().nth(1).as_deref() {
-        None => {}
-        Some("--healthcheck") => {
-            return match protocol::healthcheck::check(config.admin_port) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    error!("healthcheck failed: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        Some(other) => {
-            error!("unknown argument {other:?}; usage: balancer [--healthcheck]");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+    if let Some(code) = process::handle_args("balancer", config.admin_port) {
+        return code;
     }
     let threads = config.worker_threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -86,32 +66,9 @@ fn main() -> ExitCode {
                 .as_deref()
                 .unwrap_or("none (static backends)")
         );
-        balancer::run(config, proxy, admin, shutdown_signal()).await;
+        balancer::run(config, proxy, admin, process::shutdown_signal()).await;
         ExitCode::SUCCESS
     })
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            error!("cannot listen for SIGTERM: {e}; only Ctrl-C will stop the balancer");
-            if let Err(e) = tokio::signal::ctrl_c().await {
-                error!("cannot listen for Ctrl-C either: {e}");
-                std::future::pending::<()>().await;
-            }
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        r = tokio::signal::ctrl_c() => match r {
-            Ok(()) => info!("SIGINT received"),
-            Err(e) => error!("Ctrl-C handler failed: {e}"),
-        },
-    }
 }
 
 /// mimalloc: measurably faster than glibc malloc for the proxy's many small, short-lived

@@ -15,10 +15,11 @@
 //! - `NETWORK_CAPACITY` is the traffic (bytes per second, received + sent) that counts as
 //!   100 % network use; the default 125 MB/s is 1 Gbit/s.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use protocol::config::Reader;
+pub use protocol::config::{ConfigError, ConfigErrors};
 use protocol::units::{parse_bytes, parse_duration};
 
 pub const HOST_PORT_WS_DEPLOYMENT_AGENT: &str = "HOST_PORT_WS_DEPLOYMENT_AGENT";
@@ -197,144 +198,6 @@ pub fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// One bad variable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub variable: &'static str,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.variable, self.message)
-    }
-}
-
-/// Every bad variable found in one pass; displays one line per variable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl ConfigErrors {
-    /// The names of the bad variables, in the order found.
-    pub fn variables(&self) -> Vec<&'static str> {
-        self.0.iter().map(|e| e.variable).collect()
-    }
-}
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        f.write_str(&lines.join("\n"))
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-/// Collects parse errors while reading variables.
-struct Reader<'a, F: Fn(&str) -> Option<String>> {
-    lookup: &'a F,
-    errors: Vec<ConfigError>,
-}
-
-impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
-    /// The trimmed value; `None` when unset or empty.
-    fn raw(&self, name: &str) -> Option<String> {
-        (self.lookup)(name)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    }
-
-    fn fail(&mut self, variable: &'static str, message: impl Into<String>) {
-        self.errors.push(ConfigError {
-            variable,
-            message: message.into(),
-        });
-    }
-
-    /// Parses with `parse`; `None` when unset, or when malformed (recording the error).
-    fn opt<T>(
-        &mut self,
-        name: &'static str,
-        expected: &str,
-        parse: impl Fn(&str) -> Option<T>,
-    ) -> Option<T> {
-        let v = self.raw(name)?;
-        let parsed = parse(&v);
-        if parsed.is_none() {
-            self.fail(name, format!("expected {expected}, got {v:?}"));
-        }
-        parsed
-    }
-
-    /// Parses with `parse`, or falls back to `default` when unset or malformed.
-    fn get<T>(
-        &mut self,
-        name: &'static str,
-        default: T,
-        expected: &str,
-        parse: impl Fn(&str) -> Option<T>,
-    ) -> T {
-        self.opt(name, expected, parse).unwrap_or(default)
-    }
-
-    /// A value that must be set; `None` (with an error) when unset or malformed.
-    fn required<T>(
-        &mut self,
-        name: &'static str,
-        expected: &str,
-        parse: impl Fn(&str) -> Option<T>,
-    ) -> Option<T> {
-        if self.raw(name).is_none() {
-            self.fail(name, format!("required: expected {expected}"));
-            return None;
-        }
-        self.opt(name, expected, parse)
-    }
-
-    fn port(&mut self, name: &'static str, default: u16) -> u16 {
-        self.get(name, default, "a TCP port 0-65535", |v| v.parse().ok())
-    }
-
-    fn duration(&mut self, name: &'static str, default: Duration) -> Duration {
-        self.get(
-            name,
-            default,
-            "a duration such as 30, 30s, 500ms or 2m",
-            parse_duration,
-        )
-    }
-
-    /// A duration that must be greater than zero.
-    fn positive_duration(&mut self, name: &'static str, default: Duration) -> Duration {
-        self.get(
-            name,
-            default,
-            "a duration greater than zero such as 30, 30s, 500ms or 2m",
-            |v| parse_duration(v).filter(|d| !d.is_zero()),
-        )
-    }
-
-    fn count(&mut self, name: &'static str, default: usize, min: usize) -> usize {
-        self.get(name, default, &format!("a whole number >= {min}"), |v| {
-            v.parse::<usize>().ok().filter(|n| *n >= min)
-        })
-    }
-
-    /// A finite number in `min..=max`.
-    fn number(&mut self, name: &'static str, default: f64, min: f64, max: f64) -> f64 {
-        self.get(
-            name,
-            default,
-            &format!("a number from {min} to {max}"),
-            |v| {
-                v.parse::<f64>()
-                    .ok()
-                    .filter(|x| x.is_finite() && (min..=max).contains(x))
-            },
-        )
-    }
-}
-
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
 }
@@ -397,10 +260,7 @@ impl Config {
 
     /// Reads every variable through `lookup`, reporting every bad one at once.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
-        let mut r = Reader {
-            lookup: &lookup,
-            errors: Vec::new(),
-        };
+        let mut r = Reader::new(&lookup);
         let ws_port = r.port(HOST_PORT_WS_DEPLOYMENT_AGENT, 2547);
         let http_port = r.port(HOST_PORT_HTTP_DEPLOYMENT_AGENT, 2550);
         let bind = r.get(
@@ -551,18 +411,8 @@ impl Config {
             events_max,
             image_pull_retries,
         };
-        // A cross-field rule about a variable that is already reported would only repeat
-        // the news (its value is a stand-in default), so those are dropped.
-        for e in config.validate() {
-            if !r.errors.iter().any(|old| old.variable == e.variable) {
-                r.errors.push(e);
-            }
-        }
-        if r.errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigErrors(r.errors))
-        }
+        let cross_field = config.validate();
+        r.finish(config, cross_field)
     }
 
     /// Cross-field rules.

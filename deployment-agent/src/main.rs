@@ -9,36 +9,16 @@ use std::process::ExitCode;
 
 use deployment_agent::config::Config;
 use log::{error, info};
-
-/// Bad configuration (sysexits EX_USAGE-style, as the balancer).
-const EXIT_CONFIG: u8 = 64;
-/// A port cannot be bound, the runtime or the Docker client cannot start.
-const EXIT_UNAVAILABLE: u8 = 69;
+use protocol::process::{self, EXIT_UNAVAILABLE};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config = match Config::from_env() {
         Ok(c) => c,
-        Err(e) => {
-            error!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(e) => return process::config_failure(&e),
     };
-    match std::env::args().nth(1).as_deref() {
-        None => {}
-        Some("--healthcheck") => {
-            return match protocol::healthcheck::check(config.http_port) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    error!("healthcheck failed: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        Some(other) => {
-            error!("unknown argument {other:?}; usage: deployment-agent [--healthcheck]");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+    if let Some(code) = process::handle_args("deployment-agent", config.http_port) {
+        return code;
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -77,7 +57,7 @@ fn main() -> ExitCode {
             config.scaling.default_containers,
             config.scaling.max_containers
         );
-        match deployment_agent::run(config, ws, http, shutdown_signal()).await {
+        match deployment_agent::run(config, ws, http, process::shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 error!("{e}");
@@ -85,27 +65,4 @@ fn main() -> ExitCode {
             }
         }
     })
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            error!("cannot listen for SIGTERM: {e}; only Ctrl-C will stop the agent");
-            if let Err(e) = tokio::signal::ctrl_c().await {
-                error!("cannot listen for Ctrl-C either: {e}");
-                std::future::pending::<()>().await;
-            }
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        r = tokio::signal::ctrl_c() => match r {
-            Ok(()) => info!("SIGINT received"),
-            Err(e) => error!("Ctrl-C handler failed: {e}"),
-        },
-    }
 }

@@ -12,7 +12,9 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod config;
 pub mod healthcheck;
+pub mod process;
 pub mod units;
 
 /// Utilization category of a backend container, as decided by the agent.
