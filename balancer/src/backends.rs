@@ -19,6 +19,7 @@ use rand::Rng;
 use crate::config::EjectionConfig;
 use crate::histogram::{quantile_ms, FineHistogram};
 use crate::selection::{weights, Selector, Strategy};
+use crate::upstream::ConnPool;
 
 /// Counters for one backend, shared by every table that contains it.
 #[derive(Default)]
@@ -49,6 +50,8 @@ pub struct Backend {
     pub category: Category,
     pub weight: f64,
     pub stats: Arc<BackendStats>,
+    /// Idle keep-alive connections; carried over to the next table while the address holds.
+    pub conns: Arc<ConnPool>,
 }
 
 /// An immutable snapshot: one queue version and its selector.
@@ -107,11 +110,8 @@ impl Backends {
     /// Replaces the queue. Counters of backends that stay (same id) are kept.
     pub fn replace(&self, queue: &Queue) {
         let old = self.table.load();
-        let mut kept: HashMap<&str, &Arc<BackendStats>> = old
-            .backends
-            .iter()
-            .map(|b| (b.id.as_str(), &b.stats))
-            .collect();
+        let mut kept: HashMap<&str, &Arc<Backend>> =
+            old.backends.iter().map(|b| (b.id.as_str(), b)).collect();
         let pairs: Vec<(Category, f64)> =
             queue.items.iter().map(|i| (i.category, i.score)).collect();
         let w = weights(&pairs);
@@ -120,8 +120,12 @@ impl Backends {
             .iter()
             .zip(&w)
             .map(|(item, &weight)| {
-                let stats = kept.remove(item.id.as_str()).cloned().unwrap_or_default();
-                Arc::new(make_backend(item, weight, stats))
+                let (stats, conns) = match kept.remove(item.id.as_str()) {
+                    Some(b) if b.address == item.address => (b.stats.clone(), b.conns.clone()),
+                    Some(b) => (b.stats.clone(), Arc::default()),
+                    None => Default::default(),
+                };
+                Arc::new(make_backend(item, weight, stats, conns))
             })
             .collect();
         let selector = Selector::new(self.strategy, w);
@@ -243,7 +247,12 @@ impl Backends {
     }
 }
 
-fn make_backend(item: &QueueItem, weight: f64, stats: Arc<BackendStats>) -> Backend {
+fn make_backend(
+    item: &QueueItem,
+    weight: f64,
+    stats: Arc<BackendStats>,
+    conns: Arc<ConnPool>,
+) -> Backend {
     let authority = item
         .address
         .parse::<Authority>()
@@ -264,6 +273,7 @@ fn make_backend(item: &QueueItem, weight: f64, stats: Arc<BackendStats>) -> Back
         category: item.category,
         weight,
         stats,
+        conns,
     }
 }
 

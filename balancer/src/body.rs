@@ -16,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::backends::InFlight;
+use crate::upstream::Lease;
 
 /// The client sent more than `MAX_BODY_BYTES`.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +144,8 @@ pub enum ResponseBody {
         body: Incoming,
         /// Released when the body ends or the client goes away.
         in_flight: Option<InFlight>,
+        /// The upstream connection, back to its pool once the body has ended.
+        lease: Option<Lease>,
     },
 }
 
@@ -167,10 +170,15 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match &mut *self {
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Upstream { body, in_flight } => {
+            ResponseBody::Upstream {
+                body,
+                in_flight,
+                lease,
+            } => {
                 let r = Pin::new(body).poll_frame(cx);
                 if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
                     in_flight.take();
+                    lease.take();
                 }
                 r
             }

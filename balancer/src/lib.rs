@@ -6,6 +6,7 @@
 //! - [`backends`]: the queue in force (`ArcSwap`), per-backend counters, outlier ejection.
 //! - [`agent_link`]: WebSocket subscription to the agent, reports, reconnect back-off.
 //! - [`proxy`]: the request path (cache, pick, forward, retry, upgrade).
+//! - [`upstream`]: per-backend keep-alive HTTP/1.1 connection pools.
 //! - [`body`], [`headers`]: streamed bodies with limits; header rewriting.
 //! - [`cache`]: caching policy (pure) and the moka store.
 //! - [`server`]: accept loops, connection limits, idle timeout, graceful shutdown.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod selection;
 pub mod server;
+pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //!    sent upstream; a streamed body is cut at the limit (413 if no response started).
 //! 2. Headers: hop-by-hop fields removed, `X-Forwarded-*` added, `Host` kept.
 //! 3. Cache: static GET/HEAD may be answered from the cache; concurrent misses coalesce.
-//! 4. Pick + forward over the pooled client, response headers bounded by `REQUEST_TIMEOUT`.
+//! 4. Pick + forward over the backend's keep-alive pool (see [`crate::upstream`]), response headers bounded by `REQUEST_TIMEOUT`.
 //!    A connect failure (nothing sent) is retried on another backend within the retry
 //!    budget; anything that may have reached a backend is never replayed.
 //! 5. The response is streamed back; the backend's in-flight count drops when it ends.
@@ -16,12 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use log::{debug, info, warn};
 use tokio::sync::watch;
 
@@ -33,6 +31,7 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::headers::{accepts_trailers, add_forwarded, is_upgrade, strip_hop_by_hop};
 use crate::metrics::{Metrics, Source};
+use crate::upstream::Lease;
 
 /// At most this many backends are tried for one request (first try + retries).
 pub const MAX_ATTEMPTS: usize = 3;
@@ -46,7 +45,7 @@ struct Outgoing {
 
 pub struct Proxy {
     backends: Arc<Backends>,
-    client: Client<HttpConnector, RequestBody>,
+    connect_timeout: Duration,
     cache: Option<Cache>,
     budget: RetryBudget,
     metrics: Arc<Metrics>,
@@ -62,18 +61,9 @@ impl Proxy {
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         Proxy {
             backends,
-            client,
+            connect_timeout: config.connect_timeout,
             cache: Cache::new(&config.cache),
             budget: RetryBudget::new(config.retry_budget),
             metrics,
@@ -236,30 +226,33 @@ impl Proxy {
                 return (err.response(), Source::Local);
             };
             let backend = table.backends[idx].clone();
-            let Some(authority) = backend.authority.clone() else {
+            if backend.authority.is_none() {
                 return (ProxyError::UpstreamFailed.response(), Source::Local);
-            };
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(Scheme::HTTP);
-            uri.authority = Some(authority);
-            uri.path_and_query = Some(out.path.clone());
+            }
+            // Origin-form request target; `Host` travels in the headers.
             let mut req = Request::new(req_body);
             *req.method_mut() = out.method.clone();
-            *req.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
+            *req.uri_mut() = Uri::from(out.path.clone());
             *req.headers_mut() = out.headers.clone();
             let in_flight = InFlight::start(backend.clone());
             let sent = Instant::now();
-            let result = tokio::time::timeout(self.request_timeout, self.client.request(req)).await;
+            let result = tokio::time::timeout(
+                self.request_timeout,
+                backend
+                    .conns
+                    .send(&backend.address, self.connect_timeout, req),
+            )
+            .await;
             let elapsed = sent.elapsed();
             match result {
-                Ok(Ok(resp)) => {
+                Ok(Ok((resp, lease))) => {
                     self.backends.record(
                         &backend,
                         Outcome::Response(resp.status().as_u16()),
                         elapsed,
                     );
                     return (
-                        self.respond(resp, in_flight, on_client_upgrade),
+                        self.respond(resp, in_flight, lease, on_client_upgrade),
                         Source::Backend,
                     );
                 }
@@ -314,6 +307,7 @@ impl Proxy {
         &self,
         mut resp: Response<Incoming>,
         in_flight: InFlight,
+        lease: Lease,
         on_client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<ResponseBody> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -332,6 +326,7 @@ impl Proxy {
             ResponseBody::Upstream {
                 body,
                 in_flight: Some(in_flight),
+                lease: Some(lease),
             },
         )
     }
