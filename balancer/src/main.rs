@@ -73,5 +73,6 @@ fn main() -> ExitCode {
 
 /// mimalloc: measurably faster than glibc malloc for the proxy's many small, short-lived
 /// allocations (see artefacts/bench-proxy.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -290,6 +290,11 @@ async fn subscriber(
             }
             changed = queue.changed() => {
                 if changed.is_err() {
+                    // The control loop has ended: the agent is stopping. Say goodbye properly
+                    // even if this branch wins the race with the shutdown signal below.
+                    if let Err(e) = sink.send(WsMessage::Close(None)).await {
+                        debug!("close frame to {peer} not sent: {e}");
+                    }
                     break "agent stopping".to_string();
                 }
                 let text = queue.borrow_and_update().text.clone();
@@ -323,7 +328,9 @@ async fn subscriber(
                 Some(Ok(_)) => {}
             },
             _ = shutdown.changed() => {
-                let _ = sink.send(WsMessage::Close(None)).await;
+                if let Err(e) = sink.send(WsMessage::Close(None)).await {
+                    debug!("close frame to {peer} not sent: {e}");
+                }
                 break "agent stopping".to_string();
             }
         }

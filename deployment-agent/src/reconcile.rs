@@ -279,6 +279,11 @@ impl Controller {
             },
             records.len()
         );
+        // Save the starting value (the default, or a saved one clamped to new bounds) so
+        // Redis always holds the desired size the loop works with.
+        if desired != Some(self.desired) {
+            self.persist_desired().await;
+        }
         for c in records {
             self.track(c);
         }
@@ -353,13 +358,15 @@ impl Controller {
             .filter(|t| !t.stopping)
             .map(|t| t.c.clone())
             .collect();
-        let plan = lifecycle::plan(
-            self.desired,
-            &known,
-            &observed,
-            now,
-            ms(self.cfg.ready_timeout),
-        );
+        // A container being stopped belongs to its removal task until Docker has removed it:
+        // left in `observed`, it would look like a stray to adopt (running, no record) or an
+        // exited one to replace again.
+        let live: Vec<Observed> = observed
+            .iter()
+            .filter(|o| !self.pool.get(&o.id).is_some_and(|t| t.stopping))
+            .cloned()
+            .collect();
+        let plan = lifecycle::plan(self.desired, &known, &live, now, ms(self.cfg.ready_timeout));
         for o in plan.adopt {
             let c = Container {
                 id: o.id.clone(),
@@ -807,16 +814,36 @@ impl Controller {
             }
         }
         if !self.redis_ok {
-            info!("redis reachable again; state re-saved");
             self.redis_ok = true;
             self.persist_desired().await;
-            let unsaved = std::mem::take(&mut self.unsaved_events);
-            for event in unsaved.iter().rev() {
+            if !self.redis_ok {
+                return;
+            }
+            // A Redis that came back empty (restarted without persistence) lost the event
+            // log too: write back what memory holds, not only what the outage recorded.
+            let lost = matches!(self.store.events(1).await, Ok(list) if list.is_empty());
+            let to_write: Vec<Event> = if lost {
+                self.events.iter().cloned().collect()
+            } else {
+                self.unsaved_events.iter().cloned().collect()
+            };
+            for event in to_write.iter().rev() {
                 if let Err(e) = self.store.push_event(event, self.cfg.events_max).await {
+                    // The unsaved events stay queued for the next recovery.
                     self.redis_down(&e.to_string());
                     return;
                 }
             }
+            self.unsaved_events.clear();
+            info!(
+                "redis reachable again; state re-saved ({} event(s) written{})",
+                to_write.len(),
+                if lost {
+                    ", the event log had been lost"
+                } else {
+                    ""
+                }
+            );
         }
     }
 

@@ -7,12 +7,16 @@
 //!   (`RUSTYBALANCER_TEST_IMAGE`, default `rustybalancer/playground:latest`).
 //! - [`unique_app`], [`LabelCleanup`], [`TestNetwork`]: unique names per test and `Drop`
 //!   guards that remove what a test created even when it fails.
-//! - [`http_get`] / [`wait_http_ok`]: a minimal HTTP/1.1 client over plain TCP.
+//! - [`http_get`] / [`http_request`] / [`wait_http_ok`]: a minimal HTTP/1.1 client over plain
+//!   TCP; [`eventually`]: poll until a check passes or a deadline panics.
+//! - [`agent`]: the agent in-process or as the real binary, and a fake balancer.
 //!
 //! A missing component (redis-server, Docker engine, test image) makes a test fail with a
 //! clear message under `CI=true`; otherwise the test prints why it is skipped and returns.
 
 #![allow(dead_code)]
+
+pub mod agent;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -54,7 +58,7 @@ pub fn unique_app() -> String {
     format!("rbtest-{}-{n}", std::process::id())
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
@@ -268,11 +272,32 @@ impl Drop for TestNetwork {
 
 /// `GET path` over a fresh TCP connection; returns the status code and the body.
 pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    http_request(addr, "GET", path, &[], "").await
+}
+
+/// One HTTP/1.1 request over a fresh TCP connection (`Connection: close`, 10 s limit);
+/// returns the status code and the body (as sent: no chunked decoding).
+pub async fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String), String> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
         stream
             .write_all(request.as_bytes())
             .await
@@ -296,7 +321,37 @@ pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
     };
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
-        .map_err(|_| format!("GET {path} on {addr} timed out"))?
+        .map_err(|_| format!("{method} {path} on {addr} timed out"))?
+}
+
+/// Polls `check` every `every` until it returns `Ok`, or panics after `within` with `what`
+/// and the last error.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, every: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if started.elapsed() >= within {
+            panic!("{what}: not within {within:?}; last: {last}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Ids of every container (any state) labelled `application=<app>`, per the docker CLI.
+pub fn labelled_containers(app: &str) -> Vec<String> {
+    let filter = format!("label=application={app}");
+    docker_cli(&["ps", "-aq", "--no-trunc", "--filter", &filter])
+        .unwrap_or_else(|e| panic!("list containers of {app}: {e}"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Polls `GET path` until it answers 200 or `within` passes.
