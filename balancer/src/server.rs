@@ -4,7 +4,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -96,7 +96,13 @@ pub async fn serve<H, F>(
         metrics.connections_active.fetch_add(1, Ordering::Relaxed);
         let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
         let handler = handler.clone();
+        // Set once a complete request head arrived (hyper calls the service only then).
+        let first_request = Arc::new(AtomicBool::new(false));
+        let seen = first_request.clone();
         let service = service_fn(move |req| {
+            if !seen.load(Ordering::Relaxed) {
+                seen.store(true, Ordering::Relaxed);
+            }
             let fut = handler(req, peer);
             async move { Ok::<_, std::convert::Infallible>(fut.await) }
         });
@@ -106,14 +112,34 @@ pub async fn serve<H, F>(
         let conn = graceful.watch(conn);
         let metrics = metrics.clone();
         let mut close = close_rx.clone();
+        let head_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    debug!("{name}: connection from {peer} ended: {e}");
-                },
-                // Nothing is ever sent: this completes once `close_tx` is dropped.
-                _ = close.changed() => {
-                    debug!("{name}: connection from {peer} closed after the grace period");
+            let mut conn = std::pin::pin!(conn);
+            // hyper bounds HTTP/1 heads itself; this also bounds the first HTTP/2 HEADERS
+            // frame (a slowloris over h2c would otherwise only meet IDLE_TIMEOUT).
+            let mut head_deadline = std::pin::pin!(tokio::time::sleep(head_timeout));
+            let mut armed = true;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            debug!("{name}: connection from {peer} ended: {e}");
+                        }
+                        break;
+                    }
+                    _ = head_deadline.as_mut(), if armed => {
+                        if first_request.load(Ordering::Relaxed) {
+                            armed = false;
+                        } else {
+                            debug!("{name}: no complete request from {peer} within {head_timeout:?}; closing");
+                            break;
+                        }
+                    }
+                    // Nothing is ever sent: this completes once `close_tx` is dropped.
+                    _ = close.changed() => {
+                        debug!("{name}: connection from {peer} closed after the grace period");
+                        break;
+                    }
                 }
             }
             metrics.connections_active.fetch_sub(1, Ordering::Relaxed);
