@@ -11,21 +11,24 @@ RUST_TARGET=x86_64-unknown-linux-gnu
 IMAGE_PREFIX=${IMAGE_PREFIX:-rustybalancer}
 IMAGE_TAG=${IMAGE_TAG:-latest}
 SKIP_CARGO=0
-STRIP_DEBUG=0
+STRIP_DEBUG=1
 
 # Known images, built in this order when no names are given.
 # Each entry: NAME CRATE DOCKERFILE (relative to the repository root).
 # The crate's binary must be named like the crate.
 KNOWN_IMAGES=(
+    "balancer balancer balancer/Dockerfile"
+    "deployment-agent deployment-agent deployment-agent/Dockerfile"
     "playground playground playground/Dockerfile"
 )
 
 usage() {
     cat <<USAGE
-Usage: $(basename "$0") [-t TAG] [-p PREFIX] [-n] [-s] [-h] [NAME...]
+Usage: $(basename "$0") [-t TAG] [-p PREFIX] [-n] [-g] [-h] [NAME...]
 
-Builds Docker images tagged PREFIX/NAME:TAG from static binaries built on the host.
-With no NAME, builds every known image.
+Builds Docker images tagged PREFIX/NAME:TAG from static binaries built on the host
+(one cargo invocation for all of them). With no NAME, builds every known image.
+Redis is not built here: see jobs/build-redis-standin.sh.
 
 Known images: $(known_names)
 
@@ -33,7 +36,9 @@ Options:
   -t TAG     image tag (default: \$IMAGE_TAG or "latest")
   -p PREFIX  image name prefix (default: \$IMAGE_PREFIX or "rustybalancer")
   -n         don't run cargo; use the release binaries already built
-  -s         strip debug info from the staged binary (smaller image; symbols kept)
+  -g         keep debug info (line tables) in the staged binary; by default it is
+             stripped (about 4x smaller; symbols are kept, so backtraces still name functions)
+  -s         strip debug info (the default; kept for compatibility)
   -h         show this help
 
 Environment:
@@ -79,10 +84,14 @@ lookup_image() {
 # with the legacy builder. Arguments: CONTEXT_DIR IMAGE.
 docker_build() {
     local context=$1 image=$2
-    local -a labels=(--label "org.opencontainers.image.created=$(date -u +%Y-%m-%dT%H:%M:%SZ)")
-    local revision
+    # Labels are deterministic (the commit, not the build time) so that rebuilding the
+    # same binaries gives the same image id and Compose doesn't recreate containers.
+    local -a labels=()
+    local revision created
     if revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null); then
-        labels+=(--label "org.opencontainers.image.revision=$revision")
+        created=$(git -C "$ROOT" log -1 --format=%cI HEAD)
+        labels+=(--label "org.opencontainers.image.revision=$revision"
+            --label "org.opencontainers.image.created=$created")
     fi
     if docker buildx version >/dev/null 2>&1; then
         log "docker buildx build -> $image"
@@ -93,8 +102,21 @@ docker_build() {
     fi
 }
 
-# build_image NAME CRATE DOCKERFILE: builds the crate's static release binary
-# and the image PREFIX/NAME:TAG from DOCKERFILE (path relative to the repo root).
+# Builds the static release binaries of the given crates in one cargo invocation
+# (one dependency graph, one link step each: much faster than one cargo run per crate).
+build_binaries() {
+    local -a packages=()
+    local crate
+    for crate in "$@"; do
+        packages+=(-p "$crate")
+    done
+    log "cargo build --release --target $RUST_TARGET ${packages[*]} (static)"
+    (cd "$ROOT" && RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo build --release --target "$RUST_TARGET" "${packages[@]}")
+}
+
+# build_image NAME CRATE DOCKERFILE: builds the image PREFIX/NAME:TAG from DOCKERFILE
+# (path relative to the repo root) and the crate's static release binary, built before.
 build_image() {
     local name=$1 crate=$2 dockerfile=$3
     local image="$IMAGE_PREFIX/$name:$IMAGE_TAG"
@@ -103,14 +125,6 @@ build_image() {
     local started=$SECONDS
 
     [[ -f $ROOT/$dockerfile ]] || die "$name: Dockerfile $dockerfile not found"
-
-    if ((SKIP_CARGO)); then
-        log "$name: skipping cargo (-n), using $binary"
-    else
-        log "$name: cargo build --release --target $RUST_TARGET -p $crate (static)"
-        (cd "$ROOT" && RUSTFLAGS='-C target-feature=+crt-static' \
-            cargo build --release --target "$RUST_TARGET" -p "$crate")
-    fi
     [[ -x $binary ]] || die "$name: binary $binary not found"
     if command -v readelf >/dev/null 2>&1 && readelf -l "$binary" | grep -q 'INTERP'; then
         die "$name: $binary is dynamically linked; a scratch image needs a static binary"
@@ -122,15 +136,28 @@ build_image() {
     trap "rm -rf '$context'" EXIT
     cp "$binary" "$context/$crate"
     if ((STRIP_DEBUG)); then
-        command -v strip >/dev/null 2>&1 || die "-s needs strip (binutils)"
-        strip --strip-debug "$context/$crate"
+        if command -v strip >/dev/null 2>&1; then
+            strip --strip-debug "$context/$crate"
+        else
+            log "$name: strip (binutils) not found; keeping debug info (bigger image)"
+        fi
     fi
     cp "$ROOT/$dockerfile" "$context/Dockerfile"
     log "$name: staged $(du -h "$context/$crate" | cut -f1) binary in $context"
 
+    local previous
+    previous=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
     docker_build "$context" "$image"
     rm -rf "$context"
     trap - EXIT
+    # The image this tag named before is now untagged: remove it unless a container uses it.
+    if [[ -n $previous && $previous != "$(docker image inspect --format '{{.Id}}' "$image")" ]]; then
+        if docker rmi "$previous" >/dev/null 2>&1; then
+            log "$name: removed the previous image ${previous#sha256:}"
+        else
+            log "$name: the previous image ${previous#sha256:} is still in use or tagged elsewhere; left in place"
+        fi
+    fi
 
     local size
     size=$(docker image inspect --format '{{.Size}}' "$image")
@@ -139,12 +166,13 @@ build_image() {
 
 main() {
     local opt
-    while getopts ':t:p:nsh' opt; do
+    while getopts ':t:p:nsgh' opt; do
         case $opt in
             t) IMAGE_TAG=$OPTARG ;;
             p) IMAGE_PREFIX=$OPTARG ;;
             n) SKIP_CARGO=1 ;;
             s) STRIP_DEBUG=1 ;;
+            g) STRIP_DEBUG=0 ;;
             h)
                 usage
                 exit 0
@@ -168,8 +196,18 @@ main() {
         lookup_image "$name" >/dev/null || die "unknown image '$name' (known: $(known_names))"
     done
 
-    local count=0 entry
-    local -a spec
+    local count=0 entry started=$SECONDS
+    local -a spec crates=()
+    for name in "${names[@]}"; do
+        entry=$(lookup_image "$name")
+        read -r -a spec <<<"$entry"
+        crates+=("${spec[1]}")
+    done
+    if ((SKIP_CARGO)); then
+        log "skipping cargo (-n): using the release binaries already built"
+    else
+        build_binaries "${crates[@]}"
+    fi
     for name in "${names[@]}"; do
         count=$((count + 1))
         entry=$(lookup_image "$name")
@@ -177,7 +215,7 @@ main() {
         log "[$count/${#names[@]}] building $name"
         build_image "${spec[@]}"
     done
-    log "done: built ${#names[@]} image(s)"
+    log "done: built ${#names[@]} image(s) in $((SECONDS - started))s"
 }
 
 main "$@"
