@@ -71,8 +71,7 @@ fn main() -> ExitCode {
     })
 }
 
-/// mimalloc: measurably faster than glibc malloc for the proxy's many small, short-lived
-/// allocations (see artefacts/bench-proxy.md).
+/// Optional (`--features mimalloc`); glibc malloc by default, see balancer/Cargo.toml.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
