@@ -32,6 +32,8 @@ const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A SUNDOWN container is kept at least this long, so balancers that have not reported yet
 /// (or none at all) get the new queue before it stops.
 const MIN_DRAIN: Duration = Duration::from_secs(2);
+/// Longest wait for the engine's container list; beyond it the engine counts as unavailable.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events kept in memory for `/events` when Redis is unavailable.
 const MEMORY_EVENTS: usize = 200;
 
@@ -219,20 +221,18 @@ impl Controller {
             return;
         }
         self.ensure_image().await;
-        match self.docker.list_ours(&self.cfg.app).await {
-            Ok(observed) => {
+        // A hung engine must not stall the loop (probes, publishing, the API's snapshot).
+        let listed = tokio::time::timeout(LIST_TIMEOUT, self.docker.list_ours(&self.cfg.app)).await;
+        match listed {
+            Ok(Ok(observed)) => {
                 if !self.docker_ok {
                     info!("docker engine reachable again");
                     self.docker_ok = true;
                 }
                 self.reconcile(observed, now).await;
             }
-            Err(e) => {
-                if self.docker_ok {
-                    error!("docker unavailable, keeping the last queue: {e}");
-                    self.docker_ok = false;
-                }
-            }
+            Ok(Err(e)) => self.docker_down(&e.to_string()),
+            Err(_) => self.docker_down(&format!("listing containers took over {LIST_TIMEOUT:?}")),
         }
         self.readiness(now).await;
         self.score(now).await;
@@ -859,6 +859,13 @@ impl Controller {
         }
     }
 
+    fn docker_down(&mut self, e: &str) {
+        if self.docker_ok {
+            error!("docker unavailable, keeping the last queue: {e}");
+            self.docker_ok = false;
+        }
+    }
+
     fn redis_down(&mut self, e: &str) {
         if self.redis_ok {
             error!("redis unavailable, state kept in memory and re-saved on recovery: {e}");
@@ -924,6 +931,11 @@ fn active(pool: &[Container]) -> usize {
     pool.iter().filter(|c| c.is_active()).count()
 }
 
+/// Longest wait between two attempts to re-open a container's stats stream: after a Docker
+/// outage the streams resume at most this long after the engine is back (a longer backoff
+/// left scores on stale CPU figures for up to 10 s after recovery).
+const STATS_RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// One long-lived Docker stats stream per container, re-opened after errors, shared through
 /// a `watch` channel (the loop reads the latest sample; nothing re-samples per reader).
 async fn stats_feed(docker: Docker, id: String, tx: watch::Sender<Option<StatsSample>>) {
@@ -948,6 +960,6 @@ async fn stats_feed(docker: Docker, id: String, tx: watch::Sender<Option<StatsSa
             return;
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        backoff = (backoff * 2).min(STATS_RETRY_MAX);
     }
 }
