@@ -221,22 +221,35 @@ impl Controller {
             return;
         }
         self.ensure_image().await;
+        let tick_start = Instant::now();
         // A hung engine must not stall the loop (probes, publishing, the API's snapshot).
         let listed = tokio::time::timeout(LIST_TIMEOUT, self.docker.list_ours(&self.cfg.app)).await;
-        match listed {
+        let observed = match listed {
             Ok(Ok(observed)) => {
                 if !self.docker_ok {
                     info!("docker engine reachable again");
                     self.docker_ok = true;
                 }
-                self.reconcile(observed, now).await;
+                Some(observed)
             }
-            Ok(Err(e)) => self.docker_down(&e.to_string()),
-            Err(_) => self.docker_down(&format!("listing containers took over {LIST_TIMEOUT:?}")),
+            Ok(Err(e)) => {
+                self.docker_down(&e.to_string());
+                None
+            }
+            Err(_) => {
+                self.docker_down(&format!("listing containers took over {LIST_TIMEOUT:?}"));
+                None
+            }
+        };
+        // Score and decide first, then reconcile: a scale-up's containers are created in the
+        // same round, and a container that became ready is published as INIT for at least
+        // one round before its first score (the balancers' ramp-in).
+        self.score(now).await;
+        self.scale(tick_start, now).await;
+        if let Some(observed) = observed {
+            self.reconcile(observed, now).await;
         }
         self.readiness(now).await;
-        self.score(now).await;
-        self.scale(now).await;
         self.drain(now).await;
         self.publish(now);
         self.persist().await;
@@ -593,14 +606,17 @@ impl Controller {
         self.scoring_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     }
 
-    async fn scale(&mut self, now: Millis) {
-        let due = self
-            .last_check
-            .is_none_or(|t| t.elapsed() >= self.cfg.scaling.check_period);
+    async fn scale(&mut self, tick_start: Instant, now: Millis) {
+        // Measured between round starts, with half a round of slack, so that jitter in how
+        // long a round's first steps take never postpones a check by a whole round.
+        let slack = self.cfg.sample_period / 2;
+        let due = self.last_check.is_none_or(|t| {
+            tick_start.saturating_duration_since(t) + slack >= self.cfg.scaling.check_period
+        });
         if !due || !self.docker_ok {
             return;
         }
-        self.last_check = Some(Instant::now());
+        self.last_check = Some(tick_start);
         let pool: Vec<Container> = self
             .pool
             .values()
@@ -777,7 +793,9 @@ impl Controller {
                 id: t.c.id.clone(),
                 name: t.c.name.clone(),
                 address: t.c.address.clone(),
-                score: t.c.overall().map_or(0.0, |s| (s * 10.0).round() / 10.0),
+                // Whole points: finer changes are probe noise and would publish a new
+                // version every round for nothing.
+                score: t.c.overall().map_or(0.0, f64::round),
                 category: t.c.category,
             })
             .collect();
