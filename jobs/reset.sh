@@ -18,7 +18,7 @@ ASSUME_YES=0
 
 usage() {
     cat <<'USAGE'
-Usage: jobs/reset.sh [-y] [-h]
+Usage: jobs/reset.sh [-y] [--env-file FILE] [-h]
 
 Removes RustyBalancer's runtime state, after showing what it will remove:
   - every container labelled application=<APP_IDENTIFIER> (the app's pool);
@@ -27,11 +27,12 @@ Removes RustyBalancer's runtime state, after showing what it will remove:
     meanwhile and started again afterwards, with a fresh pool);
   - when the stack is down: the project's Redis volume and a leftover network.
 Settings (COMPOSE_PROJECT_NAME, APP_IDENTIFIER, DOCKER_NETWORK, REDIS_PASSWORD) come
-from the environment, else .env, else the defaults.
+from the environment, else .env (or --env-file FILE), else the defaults.
 
 Options:
-  -y, --yes   don't ask for confirmation
-  -h, --help  show this help
+  -y, --yes         don't ask for confirmation
+  --env-file FILE   read the settings from FILE instead of .env (as jobs/run.sh --env-file)
+  -h, --help        show this help
 USAGE
 }
 
@@ -84,6 +85,12 @@ main() {
     while (($#)); do
         case $1 in
             -y | --yes) ASSUME_YES=1 ;;
+            --env-file)
+                (($# >= 2)) || usage_error "$1 needs a file"
+                [[ -f $2 ]] || usage_error "settings file '$2' not found"
+                ENV_FILE=$2
+                shift
+                ;;
             -h | --help)
                 usage
                 exit 0

@@ -18,6 +18,8 @@ TIMEOUT=180
 BACKEND_WAIT=1
 SERVICES=(redis deployment-agent balancer)
 COMPOSE=()
+COMPOSE_FILES=()
+EXTRA_FILES=()
 STARTED=$SECONDS
 
 usage() {
@@ -43,6 +45,10 @@ Options:
                     containers (label application=<APP_IDENTIFIER>); the Redis volume
                     is kept (jobs/reset.sh removes it)
   --no-build        don't build images; use the ones already present
+  --env-file FILE   read the settings from FILE instead of .env (created with the
+                    defaults when missing; also given to Compose as --env-file)
+  -f, --file FILE   an extra Compose file applied after the environment's (repeatable;
+                    e.g. jobs/e2e/docker-compose.e2e.yaml); give it to --down too
   --no-backend-wait don't wait for the balancer to have a backend (only for health)
   --timeout SECS    how long to wait for the stack (default 180)
   -h, --help        show this help
@@ -69,6 +75,15 @@ usage_error() {
     exit 2
 }
 
+# FILE as an absolute path (Compose runs from the repository root).
+absolute_path() {
+    if [[ $1 == /* ]]; then
+        echo "$1"
+    else
+        echo "$PWD/$1"
+    fi
+}
+
 parse_args() {
     while (($#)); do
         case $1 in
@@ -80,6 +95,18 @@ parse_args() {
             --env=*) ENVIRONMENT=${1#--env=} ;;
             --down) ACTION=down ;;
             --no-build) BUILD=0 ;;
+            --env-file)
+                (($# >= 2)) || usage_error "$1 needs a file"
+                ENV_FILE=$(absolute_path "$2")
+                shift
+                ;;
+            --env-file=*) ENV_FILE=$(absolute_path "${1#--env-file=}") ;;
+            -f | --file)
+                (($# >= 2)) || usage_error "$1 needs a Compose file"
+                [[ -f $2 ]] || usage_error "Compose file '$2' not found"
+                EXTRA_FILES+=("$(absolute_path "$2")")
+                shift
+                ;;
             --no-backend-wait) BACKEND_WAIT=0 ;;
             --timeout)
                 (($# >= 2)) || usage_error "$1 needs a number of seconds"
@@ -160,10 +187,10 @@ setting() {
 
 ensure_env_file() {
     if [[ ! -f $ENV_FILE ]]; then
-        log ".env not found: writing the defaults (change them with jobs/setup.sh)"
-        "$ROOT/jobs/setup.sh" --defaults >/dev/null
+        log "${ENV_FILE#"$ROOT/"} not found: writing the defaults (change them with jobs/setup.sh)"
+        "$ROOT/jobs/setup.sh" --defaults --output "$ENV_FILE" >/dev/null
     fi
-    "$ROOT/jobs/setup.sh" --check 2>&1 | sed 's/^/    /' >&2 || die ".env is not valid (see above)"
+    "$ROOT/jobs/setup.sh" --check --output "$ENV_FILE" 2>&1 | sed 's/^/    /' >&2 || die "${ENV_FILE#"$ROOT/"} is not valid (see above)"
     PROJECT=$(setting COMPOSE_PROJECT_NAME rustybalancer)
     APP_IDENTIFIER=$(setting APP_IDENTIFIER RUSTYBALANCER)
     IMAGE_PREFIX=$(setting IMAGE_PREFIX rustybalancer)
@@ -178,20 +205,25 @@ ensure_env_file() {
     STOP_TIMEOUT=$(setting STOP_TIMEOUT 10s)
 }
 
+# Compose's file arguments, in COMPOSE_FILES: the base file, the environment's overlay,
+# then the extra files (-f), and --env-file when one was given.
 compose_files() {
-    local -a files=(-f docker-compose.yaml)
+    COMPOSE_FILES=(-f docker-compose.yaml)
     case $ENVIRONMENT in
-        dev) files+=(-f docker-compose.dev.yaml) ;;
-        slim) files+=(-f docker-compose.slim.yaml) ;;
+        dev) COMPOSE_FILES+=(-f docker-compose.dev.yaml) ;;
+        slim) COMPOSE_FILES+=(-f docker-compose.slim.yaml) ;;
     esac
-    echo "${files[@]}"
+    local extra
+    for extra in "${EXTRA_FILES[@]}"; do
+        COMPOSE_FILES+=(-f "$extra")
+    done
+    [[ $ENV_FILE == "$ROOT/.env" ]] || COMPOSE_FILES+=(--env-file "$ENV_FILE")
 }
 
 # Runs Compose on this project with the environment's files, from the repository root.
 compose() {
-    local -a files
-    read -r -a files <<<"$(compose_files)"
-    (cd "$ROOT" && "${COMPOSE[@]}" -p "$PROJECT" "${files[@]}" "$@")
+    compose_files
+    (cd "$ROOT" && "${COMPOSE[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@")
 }
 
 # --- images ----------------------------------------------------------------------------
@@ -409,8 +441,7 @@ container_ip() {
 }
 
 print_urls() {
-    local -a files
-    read -r -a files <<<"$(compose_files)"
+    compose_files
     echo
     echo "RustyBalancer ($ENVIRONMENT) is up in $((SECONDS - STARTED))s."
     echo "  balancer   http://localhost:$HTTP_PORT/"
@@ -428,8 +459,10 @@ print_urls() {
         echo "  dashboard  http://${ip:-<agent address>}:$AGENT_PORT/"
         echo "  stats      http://${ip:-<agent address>}:$AGENT_PORT/stats"
     fi
-    echo "  logs       ${COMPOSE[*]} -p $PROJECT ${files[*]} logs -f"
-    echo "  stop       jobs/run.sh --down        (wipe state too: jobs/reset.sh)"
+    echo "  logs       ${COMPOSE[*]} -p $PROJECT ${COMPOSE_FILES[*]} logs -f"
+    local own=""
+    [[ $ENV_FILE == "$ROOT/.env" ]] || own=" --env-file $ENV_FILE"
+    echo "  stop       jobs/run.sh --down$own        (wipe state too: jobs/reset.sh$own)"
 }
 
 # --- down ------------------------------------------------------------------------------

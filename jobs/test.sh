@@ -6,23 +6,38 @@
 #     when missing), exported as RUSTYBALANCER_TEST_REDIS_URL and stopped on exit;
 #   - the Docker engine is checked and reported (tests that need it fail under CI=true
 #     when it is missing; they never pass silently);
-#   - the playground image the agent's Docker tests run is built (jobs/build-images.sh
-#     playground) and exported as RUSTYBALANCER_TEST_IMAGE, unless that is already set.
+#   - the images are built once, in one cargo invocation (jobs/build-images.sh: balancer,
+#     deployment-agent, playground); the playground image is what the agent's Docker tests
+#     run (RUSTYBALANCER_TEST_IMAGE, unless that is already set), all three are what the
+#     end-to-end test runs.
+# After the cargo tests, the end-to-end test (jobs/e2e.sh --no-build, about 1 minute):
+# the slim stack started with jobs/run.sh, checked through its published ports.
 #
-# Usage: jobs/test.sh [-h] [-- extra cargo test args]
+# Usage: jobs/test.sh [-h] [--no-e2e] [-- extra cargo test args]
+#   --no-e2e (or RUSTYBALANCER_E2E=0): skip the end-to-end test, for local iteration only:
+#   refused under CI=true, where every test runs.
 set -euo pipefail
 
 usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
 }
 
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-    usage
-    exit 0
-fi
-if [[ "${1:-}" == "--" ]]; then
+E2E=${RUSTYBALANCER_E2E:-1}
+while (($#)); do
+    case $1 in
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        --no-e2e) E2E=0 ;;
+        --)
+            shift
+            break
+            ;;
+        *) break ;;
+    esac
     shift
-fi
+done
 
 cd "$(dirname "$0")/.."
 log() { echo "[test] $*" >&2; }
@@ -43,6 +58,10 @@ cleanup() {
 trap cleanup EXIT
 
 command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup) first"
+if [[ "$E2E" != "1" ]]; then
+    [[ "${CI:-}" != "true" ]] || die "CI must run the end-to-end test: don't pass --no-e2e or RUSTYBALANCER_E2E=0 under CI=true"
+    log "the end-to-end test is skipped (--no-e2e or RUSTYBALANCER_E2E=0)"
+fi
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
@@ -87,22 +106,44 @@ check_docker() {
     fi
 }
 
-build_test_image() {
-    if [[ -n "${RUSTYBALANCER_TEST_IMAGE:-}" ]]; then
-        log "using the test image $RUSTYBALANCER_TEST_IMAGE (RUSTYBALANCER_TEST_IMAGE is set)"
-        return
-    fi
+# The images: all three for the end-to-end test (one cargo invocation), else only the
+# playground for the agent's Docker tests (unless RUSTYBALANCER_TEST_IMAGE names another).
+build_test_images() {
     if ! docker info >/dev/null 2>&1; then
         return
     fi
-    log "building the test image (jobs/build-images.sh playground)"
-    jobs/build-images.sh playground || die "building the playground image failed"
-    export RUSTYBALANCER_TEST_IMAGE="rustybalancer/playground:latest"
+    local -a names=(balancer deployment-agent playground)
+    if [[ "$E2E" != "1" ]]; then
+        if [[ -n "${RUSTYBALANCER_TEST_IMAGE:-}" ]]; then
+            log "using the test image $RUSTYBALANCER_TEST_IMAGE (RUSTYBALANCER_TEST_IMAGE is set)"
+            return
+        fi
+        names=(playground)
+    fi
+    log "building the images (jobs/build-images.sh ${names[*]})"
+    jobs/build-images.sh "${names[@]}" >"$WORK/build-images.log" \
+        || { tail -n 40 "$WORK/build-images.log" >&2; die "building the images failed"; }
+    if [[ -n "${RUSTYBALANCER_TEST_IMAGE:-}" ]]; then
+        log "using the test image $RUSTYBALANCER_TEST_IMAGE (RUSTYBALANCER_TEST_IMAGE is set)"
+    else
+        export RUSTYBALANCER_TEST_IMAGE="rustybalancer/playground:latest"
+    fi
+}
+
+run_e2e() {
+    [[ "$E2E" == "1" ]] || return 0
+    if ! docker info >/dev/null 2>&1; then
+        # Under CI=true check_docker has already failed.
+        log "WARNING: Docker engine not reachable; the end-to-end test is skipped"
+        return
+    fi
+    log "end-to-end test (jobs/e2e.sh --no-build)"
+    jobs/e2e.sh --no-build || die "the end-to-end test failed"
 }
 
 ensure_redis
 check_docker
-build_test_image
+build_test_images
 
 log "cargo fmt --check"
 cargo fmt --all -- --check || die "code is not formatted: run cargo fmt"
@@ -110,4 +151,5 @@ log "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "cargo test --workspace"
 cargo test --workspace "$@"
-log "all tests passed"
+run_e2e
+log "all tests passed in $((SECONDS / 60))m$((SECONDS % 60))s"
