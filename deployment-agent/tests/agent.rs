@@ -68,6 +68,22 @@ fn queue_ids(q: &protocol::Queue) -> BTreeSet<String> {
 }
 
 /// `(ids, desired)` saved in Redis.
+/// Waits until Redis holds exactly `pool` as container records and `desired` as the count.
+async fn wait_saved(store: &Store, pool: &BTreeSet<String>, desired: usize) {
+    eventually(
+        "state saved in redis",
+        Duration::from_secs(10),
+        POLL,
+        || async {
+            match saved(store).await? {
+                (saved_ids, Some(d)) if saved_ids == *pool && d == desired => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
 async fn saved(store: &Store) -> Result<(BTreeSet<String>, Option<usize>), String> {
     let records = store.load_containers().await.map_err(|e| e.to_string())?;
     let desired = store.desired().await.map_err(|e| e.to_string())?;
@@ -272,18 +288,7 @@ async fn sigkilled_agent_restarts_and_adopts_the_same_containers() {
     let rows = wait_scored_pool(&http, 2, Duration::from_secs(60)).await;
     let pool = ids(&rows.iter().collect::<Vec<_>>());
     let store = w.store().await;
-    eventually(
-        "state saved in redis",
-        Duration::from_secs(10),
-        POLL,
-        || async {
-            match saved(&store).await? {
-                (saved_ids, Some(2)) if saved_ids == pool => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    wait_saved(&store, &pool, 2).await;
     let version_before = get_queue(&http).await.expect("/queue").version;
 
     first.kill9();
@@ -705,18 +710,7 @@ async fn redis_restart_is_survived_and_state_resaved() {
     let rows = wait_scored_pool(&http, 2, Duration::from_secs(60)).await;
     let pool = ids(&rows.iter().collect::<Vec<_>>());
     let store = w.store().await;
-    eventually(
-        "state saved in redis",
-        Duration::from_secs(10),
-        POLL,
-        || async {
-            match saved(&store).await? {
-                (saved_ids, Some(2)) if saved_ids == pool => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    wait_saved(&store, &pool, 2).await;
 
     // A subscriber that must keep getting the full queue all along.
     let mut ws = ws_connect(&agent.ws(), None).await.expect("subscribe");
