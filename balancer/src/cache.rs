@@ -318,6 +318,7 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::tests::map as headers;
 
     fn policy() -> CachePolicy {
         CachePolicy {
@@ -326,17 +327,6 @@ mod tests {
             max_ttl: Duration::from_secs(3600),
             max_object_bytes: 1000,
         }
-    }
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        m
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::selection::Strategy;
-use protocol::config::Reader;
 pub use protocol::config::{ConfigError, ConfigErrors};
+use protocol::config::{Reader, Rules};
 
 pub const HOST_PORT_HTTP_BALANCER: &str = "HOST_PORT_HTTP_BALANCER";
 pub const HOST_PORT_ADMIN_BALANCER: &str = "HOST_PORT_ADMIN_BALANCER";
@@ -231,56 +231,48 @@ impl Config {
 
     /// Cross-field rules.
     fn validate(&self) -> Vec<ConfigError> {
-        let mut errors = Vec::new();
-        let mut check = |ok: bool, variable: &'static str, message: &str| {
-            if !ok {
-                errors.push(ConfigError {
-                    variable,
-                    message: message.to_string(),
-                });
-            }
-        };
-        check(
+        let mut rules = Rules::default();
+        rules.check(
             self.http_port == 0 || self.http_port != self.admin_port,
             HOST_PORT_ADMIN_BALANCER,
             "must differ from HOST_PORT_HTTP_BALANCER",
         );
-        check(
+        rules.check(
             !self.request_timeout.is_zero(),
             REQUEST_TIMEOUT,
             "must be greater than zero",
         );
-        check(
+        rules.check(
             !self.connect_timeout.is_zero(),
             CONNECT_TIMEOUT,
             "must be greater than zero",
         );
-        check(
+        rules.check(
             self.ejection.base <= self.ejection.max,
             EJECT_MAX,
             "must be at least EJECT_BASE",
         );
-        check(
+        rules.check(
             !self.report_interval.is_zero(),
             REPORT_INTERVAL,
             "must be greater than zero",
         );
-        check(
+        rules.check(
             self.cache.max_object_bytes <= self.cache.max_bytes,
             CACHE_MAX_OBJECT_BYTES,
             "must not exceed CACHE_MAX_BYTES",
         );
-        check(
+        rules.check(
             self.limits.max_header_bytes >= 8192,
             MAX_HEADER_BYTES,
             "must be at least 8KiB",
         );
-        check(
+        rules.check(
             self.agent_url.is_some() || !self.static_backends.is_empty(),
             STATIC_BACKENDS,
             "required when DEPLOYMENT_AGENT_URL is empty (no agent and no backends)",
         );
-        errors
+        rules.into_errors()
     }
 }
 

@@ -97,10 +97,12 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&Head
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    /// A header map from `(name, value)` pairs, repeated names appended (also used by the
+    /// cache's tests).
+    pub(crate) fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
             m.append(

@@ -18,8 +18,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use protocol::config::Reader;
 pub use protocol::config::{ConfigError, ConfigErrors};
+use protocol::config::{Reader, Rules};
 use protocol::units::{parse_bytes, parse_duration};
 
 pub const HOST_PORT_WS_DEPLOYMENT_AGENT: &str = "HOST_PORT_WS_DEPLOYMENT_AGENT";
@@ -417,53 +417,45 @@ impl Config {
 
     /// Cross-field rules.
     fn validate(&self) -> Vec<ConfigError> {
-        let mut errors = Vec::new();
-        let mut check = |ok: bool, variable: &'static str, message: &str| {
-            if !ok {
-                errors.push(ConfigError {
-                    variable,
-                    message: message.to_string(),
-                });
-            }
-        };
-        check(
+        let mut rules = Rules::default();
+        rules.check(
             self.ws_port == 0 || self.ws_port != self.http_port,
             HOST_PORT_HTTP_DEPLOYMENT_AGENT,
             "must differ from HOST_PORT_WS_DEPLOYMENT_AGENT",
         );
         let s = &self.scaling;
-        check(
+        rules.check(
             s.max_containers >= s.default_containers,
             MAX_CONTAINERS,
             "must be at least DEFAULT_CONTAINER",
         );
-        check(
+        rules.check(
             s.critical_threshold <= s.high_threshold,
             CRITICAL_LOAD_THRESHOLD,
             "must not exceed HIGH_LOAD_THRESHOLD",
         );
-        check(
+        rules.check(
             s.high_threshold < s.low_threshold,
             LOW_LOAD_THRESHOLD,
             "must be greater than HIGH_LOAD_THRESHOLD (scores are 100 = idle)",
         );
         let sc = &self.scoring;
-        check(
+        rules.check(
             sc.weights.sum() > 0.0,
             CPU_WEIGHT,
             "CPU_WEIGHT, MEMORY_WEIGHT, NETWORK_WEIGHT and AVAILABILITY_WEIGHT must not all be 0",
         );
-        check(
+        rules.check(
             sc.best_window <= sc.history_size,
             BEST_TIME_WINDOW,
             "must not exceed HISTORY_SIZE",
         );
-        check(
+        rules.check(
             sc.mu_threshold < sc.lu_threshold,
             MU_THRESHOLD,
             "must be less than LU_THRESHOLD",
         );
-        errors
+        rules.into_errors()
     }
 
     /// `redis://[:password@]host:port/db`, the password percent-encoded.

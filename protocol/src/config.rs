@@ -190,3 +190,23 @@ impl<'a, F: Fn(&str) -> Option<String>> Reader<'a, F> {
         )
     }
 }
+
+/// Cross-field rules: collects the ones that do not hold, for [`Reader::finish`].
+#[derive(Debug, Default)]
+pub struct Rules(Vec<ConfigError>);
+
+impl Rules {
+    /// Records `message` against `variable` unless `ok`.
+    pub fn check(&mut self, ok: bool, variable: &'static str, message: &str) {
+        if !ok {
+            self.0.push(ConfigError {
+                variable,
+                message: message.to_string(),
+            });
+        }
+    }
+
+    pub fn into_errors(self) -> Vec<ConfigError> {
+        self.0
+    }
+}
