@@ -25,7 +25,10 @@ pub fn handle<B>(req: &Request<B>, proxy: &Proxy, metrics: &Metrics) -> Response
     match req.uri().path() {
         "/health" => health(proxy, metrics),
         "/metrics" => {
-            let text = metrics.render(proxy.backends(), proxy.cache());
+            let mut text = metrics.render(proxy.backends(), proxy.cache());
+            if let Some(tasks) = proxy.tasks() {
+                tasks.render_metrics(&mut text);
+            }
             let mut resp = Response::new(ResponseBody::full(text));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,

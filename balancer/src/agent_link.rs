@@ -216,7 +216,8 @@ async fn session(
                 }
             }
             _ = reports.tick() => {
-                let report = backends.report(&config.balancer_id, config.report_interval);
+                let mut report = backends.report(&config.balancer_id, config.report_interval);
+                report.task_queue_depth = metrics.task_queue_depth();
                 let text = Message::Report(report).encode();
                 if let Err(e) = sink.send(WsMessage::Text(text.into())).await {
                     return format!("write error: {e}");

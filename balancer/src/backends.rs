@@ -243,6 +243,7 @@ impl Backends {
             interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
             queue_version: table.version,
             backends,
+            task_queue_depth: None,
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct RequestBody {
 
 enum RequestKind {
     Empty,
+    /// A body held in memory (a stored task's), sent in one frame.
+    Full(Option<Bytes>),
     /// Not polled yet: the body still sits in the shared slot.
     Parked(Slot),
     Streaming(Incoming),
@@ -72,6 +74,17 @@ impl RequestBody {
         }
     }
 
+    /// A body from memory (its limit is its own size).
+    pub fn full(bytes: Bytes) -> RequestBody {
+        let len = bytes.len() as u64;
+        RequestBody {
+            kind: RequestKind::Full((!bytes.is_empty()).then_some(bytes)),
+            hint: SizeHint::with_exact(len),
+            limit: len,
+            seen: 0,
+        }
+    }
+
     /// A fresh body over the same slot, if the previous attempt never started reading it.
     pub fn reclaim(slot: &Slot, hint: SizeHint, limit: u64) -> Option<RequestBody> {
         let parked = slot.lock().ok()?.is_some();
@@ -97,6 +110,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let RequestKind::Full(b) = &mut this.kind {
+            return Poll::Ready(b.take().map(|b| Ok(Frame::data(b))));
+        }
         if let RequestKind::Parked(slot) = &this.kind {
             let taken = slot.lock().ok().and_then(|mut s| s.take());
             match taken {
@@ -127,6 +143,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             RequestKind::Empty => true,
+            RequestKind::Full(b) => b.is_none(),
             RequestKind::Parked(_) => false,
             RequestKind::Streaming(b) => b.is_end_stream(),
         }

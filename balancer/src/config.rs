@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::selection::Strategy;
 pub use protocol::config::{ConfigError, ConfigErrors};
 use protocol::config::{Reader, Rules};
+pub use protocol::redis_target::RedisTarget;
 
 pub const HOST_PORT_HTTP_BALANCER: &str = "HOST_PORT_HTTP_BALANCER";
 pub const HOST_PORT_ADMIN_BALANCER: &str = "HOST_PORT_ADMIN_BALANCER";
@@ -41,6 +42,21 @@ pub const REPORT_INTERVAL: &str = "REPORT_INTERVAL";
 pub const AGENT_STALE_AFTER: &str = "AGENT_STALE_AFTER";
 pub const RECONNECT_MAX: &str = "RECONNECT_MAX";
 pub const WORKER_THREADS: &str = "WORKER_THREADS";
+pub const APP_IDENTIFIER: &str = "APP_IDENTIFIER";
+pub use protocol::redis_target::{REDIS_DB, REDIS_HOST, REDIS_PASSWORD, REDIS_PORT};
+pub const TASK_PATH_PREFIX: &str = "TASK_PATH_PREFIX";
+pub const TASK_WORKERS: &str = "TASK_WORKERS";
+pub const TASK_MAX_ATTEMPTS: &str = "TASK_MAX_ATTEMPTS";
+pub const TASK_RETRY_BASE: &str = "TASK_RETRY_BASE";
+pub const TASK_RETRY_MAX: &str = "TASK_RETRY_MAX";
+pub const TASK_LEASE: &str = "TASK_LEASE";
+pub const TASK_TIMEOUT: &str = "TASK_TIMEOUT";
+pub const TASK_RESULT_TTL: &str = "TASK_RESULT_TTL";
+pub const TASK_MAX_BODY_BYTES: &str = "TASK_MAX_BODY_BYTES";
+pub const TASK_MAX_RESULT_BYTES: &str = "TASK_MAX_RESULT_BYTES";
+pub const TASK_IDEMPOTENCY_TTL: &str = "TASK_IDEMPOTENCY_TTL";
+pub const TASK_CALLBACK_ALLOW: &str = "TASK_CALLBACK_ALLOW";
+pub const TASK_MAX_WAIT: &str = "TASK_MAX_WAIT";
 
 const DEFAULT_CACHE_EXTENSIONS: &str =
     "css,js,mjs,map,png,jpg,jpeg,gif,svg,ico,webp,avif,woff,woff2,ttf,otf,eot,txt,wasm";
@@ -73,6 +89,37 @@ pub struct Config {
     pub reconnect_max: Duration,
     /// Tokio worker threads; `None` = the CPUs this process may run on.
     pub worker_threads: Option<usize>,
+    /// Redis for task submissions; `None` when `REDIS_HOST` is empty (tasks disabled).
+    pub redis: Option<RedisTarget>,
+    /// `APP_IDENTIFIER`: balancers of one app share one task queue (`rustybalancer:{app}:tasks:`).
+    pub app: String,
+    pub tasks: TaskConfig,
+}
+
+/// Task submissions (`TASK_*`); see artefacts/tasks.md.
+#[derive(Debug, Clone)]
+pub struct TaskConfig {
+    /// Reserved path prefix of the task API, `/_tasks` by default (no trailing slash).
+    pub path_prefix: String,
+    /// Concurrent task executions per balancer.
+    pub workers: usize,
+    /// Attempts in all (first try included) before a task is `dead`.
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How long a running task's claim lasts without renewal before another balancer takes it.
+    pub lease: Duration,
+    /// Per-attempt limit (request sent to response body read).
+    pub timeout: Duration,
+    /// How long finished tasks and their results are kept.
+    pub result_ttl: Duration,
+    pub max_body_bytes: u64,
+    pub max_result_bytes: u64,
+    pub idempotency_ttl: Duration,
+    /// Hosts (`host` or `host:port`, lower-case) callbacks may go to; empty = callbacks refused.
+    pub callback_allow: Vec<String>,
+    /// Cap of `Prefer: wait=N`.
+    pub max_wait: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +251,18 @@ impl Config {
             0 => None,
             n => Some(n as usize),
         };
+        let redis = RedisTarget::read(&mut r);
+        let app = r.get(
+            APP_IDENTIFIER,
+            "RUSTYBALANCER".to_string(),
+            "letters, digits, '.', '_' or '-'",
+            |v| {
+                v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                    .then(|| v.to_string())
+            },
+        );
+        let tasks = read_tasks(&mut r);
         let config = Config {
             bind_address,
             http_port,
@@ -224,6 +283,9 @@ impl Config {
             agent_stale_after,
             reconnect_max,
             worker_threads,
+            redis,
+            app,
+            tasks,
         };
         let cross_field = config.validate();
         r.finish(config, cross_field)
@@ -272,7 +334,62 @@ impl Config {
             STATIC_BACKENDS,
             "required when DEPLOYMENT_AGENT_URL is empty (no agent and no backends)",
         );
+        let t = &self.tasks;
+        rules.check(
+            t.retry_base <= t.retry_max,
+            TASK_RETRY_MAX,
+            "must be at least TASK_RETRY_BASE",
+        );
+        rules.check(
+            t.lease >= Duration::from_secs(1),
+            TASK_LEASE,
+            "must be at least 1s",
+        );
         rules.into_errors()
+    }
+}
+
+fn read_tasks<F: Fn(&str) -> Option<String>>(r: &mut Reader<'_, F>) -> TaskConfig {
+    TaskConfig {
+        path_prefix: r.get(
+            TASK_PATH_PREFIX,
+            "/_tasks".to_string(),
+            "a path such as /_tasks (starts with '/', no '?', '#' or spaces)",
+            |v| {
+                let p = v.trim_end_matches('/');
+                (p.starts_with('/')
+                    && p.len() > 1
+                    && !p.contains(|c: char| c.is_whitespace() || matches!(c, '?' | '#')))
+                .then(|| p.to_string())
+            },
+        ),
+        workers: r.count(TASK_WORKERS, 32, 1),
+        max_attempts: r.count(TASK_MAX_ATTEMPTS, 5, 1),
+        retry_base: r.positive_duration(TASK_RETRY_BASE, Duration::from_secs(1)),
+        retry_max: r.positive_duration(TASK_RETRY_MAX, Duration::from_secs(300)),
+        lease: r.positive_duration(TASK_LEASE, Duration::from_secs(30)),
+        timeout: r.positive_duration(TASK_TIMEOUT, Duration::from_secs(60)),
+        result_ttl: r.positive_duration(TASK_RESULT_TTL, Duration::from_secs(86_400)),
+        max_body_bytes: r.bytes(TASK_MAX_BODY_BYTES, 8 << 20),
+        max_result_bytes: r.bytes(TASK_MAX_RESULT_BYTES, 8 << 20),
+        idempotency_ttl: r.positive_duration(TASK_IDEMPOTENCY_TTL, Duration::from_secs(86_400)),
+        callback_allow: r.get(
+            TASK_CALLBACK_ALLOW,
+            Vec::new(),
+            "a comma-separated list of host or host:port",
+            |v| {
+                let hosts: Vec<String> = v
+                    .split(',')
+                    .map(|h| h.trim().to_ascii_lowercase())
+                    .filter(|h| !h.is_empty())
+                    .collect();
+                hosts
+                    .iter()
+                    .all(|h| !h.contains(|c: char| c.is_whitespace() || matches!(c, '/' | '@')))
+                    .then_some(hosts)
+            },
+        ),
+        max_wait: r.positive_duration(TASK_MAX_WAIT, Duration::from_secs(30)),
     }
 }
 
@@ -309,6 +426,48 @@ mod tests {
         assert_eq!(c.cache.capacity, 10_000);
         assert_eq!(c.strategy, Strategy::Weighted);
         assert!(c.cache.extensions.contains(&"css".to_string()));
+        assert_eq!(
+            c.redis.as_ref().map(RedisTarget::url).as_deref(),
+            Some("redis://redis:6379/0")
+        );
+        assert_eq!(c.app, "RUSTYBALANCER");
+        let t = &c.tasks;
+        assert_eq!(t.path_prefix, "/_tasks");
+        assert_eq!((t.workers, t.max_attempts), (32, 5));
+        assert_eq!((t.retry_base.as_secs(), t.retry_max.as_secs()), (1, 300));
+        assert_eq!((t.lease.as_secs(), t.timeout.as_secs()), (30, 60));
+        assert_eq!(t.result_ttl.as_secs(), 86_400);
+        assert_eq!((t.max_body_bytes, t.max_result_bytes), (8 << 20, 8 << 20));
+        assert_eq!(t.idempotency_ttl.as_secs(), 86_400);
+        assert!(t.callback_allow.is_empty());
+    }
+
+    #[test]
+    fn task_settings() {
+        let c = parse(&[
+            (REDIS_HOST, ""),
+            (TASK_PATH_PREFIX, "/jobs/"),
+            (TASK_CALLBACK_ALLOW, "Hooks.example.com, 10.0.0.1:8080"),
+        ])
+        .unwrap();
+        assert!(c.redis.is_none());
+        assert_eq!(c.tasks.path_prefix, "/jobs");
+        assert_eq!(
+            c.tasks.callback_allow,
+            ["hooks.example.com", "10.0.0.1:8080"]
+        );
+        let err = parse(&[
+            (TASK_PATH_PREFIX, "jobs"),
+            (TASK_WORKERS, "0"),
+            (TASK_RETRY_BASE, "10m"),
+            (TASK_RETRY_MAX, "1m"),
+            (TASK_LEASE, "500ms"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.variables(),
+            [TASK_PATH_PREFIX, TASK_WORKERS, TASK_RETRY_MAX, TASK_LEASE]
+        );
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! - [`backends`]: the queue in force (`ArcSwap`), per-backend counters, outlier ejection.
 //! - [`agent_link`]: WebSocket subscription to the agent, reports, reconnect back-off.
 //! - [`proxy`]: the request path (cache, pick, forward, retry, upgrade).
+//! - [`dispatch`]: one request to a backend (pick, send, connect retry), for proxy and tasks.
+//! - [`tasks`]: task submissions (`Prefer: respond-async`, `/_tasks`), stored in Redis, run
+//!   by workers on every balancer.
 //! - [`upstream`]: per-backend keep-alive HTTP/1.1 connection pools.
 //! - [`body`], [`headers`]: streamed bodies with limits; header rewriting.
 //! - [`cache`]: caching policy (pure) and the moka store.
@@ -20,6 +23,7 @@ pub mod body;
 pub mod budget;
 pub mod cache;
 pub mod config;
+pub mod dispatch;
 pub mod error;
 pub mod headers;
 pub mod histogram;
@@ -27,6 +31,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod selection;
 pub mod server;
+pub mod tasks;
 pub mod upstream;
 
 use std::future::Future;
@@ -39,8 +44,10 @@ use tokio::sync::watch;
 
 use crate::backends::{static_queue, Backends};
 use crate::config::Config;
+use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::tasks::Tasks;
 
 /// How long the admin listener waits for open requests at shutdown.
 const ADMIN_GRACE: Duration = Duration::from_secs(1);
@@ -78,9 +85,23 @@ pub async fn run(
         ))
     });
 
+    let dispatch = Arc::new(Dispatcher::new(
+        backends,
+        config.connect_timeout,
+        config.retry_budget,
+        metrics.clone(),
+    ));
+    let tasks = Arc::new(Tasks::new(
+        &config,
+        dispatch.clone(),
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
+    let workers = tokio::spawn(tasks.clone().run());
     let proxy = Arc::new(Proxy::new(
         &config,
-        backends,
+        dispatch,
+        Some(tasks),
         metrics.clone(),
         stop_rx.clone(),
     ));
@@ -126,6 +147,9 @@ pub async fn run(
     tokio::select! {
         _ = async { tokio::join!(proxy_server, admin_server) } => {}
         _ = trigger => {}
+    }
+    if let Err(e) = workers.await {
+        log::error!("task workers failed: {e}");
     }
     if let Some(agent) = agent {
         if let Err(e) = agent.await {

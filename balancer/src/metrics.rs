@@ -32,7 +32,6 @@ pub enum Source {
     Local,
 }
 
-#[derive(Default)]
 pub struct Metrics {
     cache_status: [AtomicU64; 5],
     local_status: [AtomicU64; 5],
@@ -48,6 +47,30 @@ pub struct Metrics {
     pub frames_stale: AtomicU64,
     pub frames_malformed: AtomicU64,
     pub frames_unknown: AtomicU64,
+    /// Tasks queued (all balancers) as last read from Redis; `u64::MAX` = unknown.
+    pub task_queue_depth: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            cache_status: Default::default(),
+            local_status: Default::default(),
+            latency: PromHistogram::default(),
+            connections_active: AtomicU64::default(),
+            connections_total: AtomicU64::default(),
+            retries: AtomicU64::default(),
+            retries_refused: AtomicU64::default(),
+            upgrades: AtomicU64::default(),
+            agent_connected: AtomicBool::default(),
+            agent_connects: AtomicU64::default(),
+            frames_applied: AtomicU64::default(),
+            frames_stale: AtomicU64::default(),
+            frames_malformed: AtomicU64::default(),
+            frames_unknown: AtomicU64::default(),
+            task_queue_depth: AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 fn class_index(status: u16) -> usize {
@@ -55,6 +78,11 @@ fn class_index(status: u16) -> usize {
 }
 
 impl Metrics {
+    /// The task queue depth for reports, if known.
+    pub fn task_queue_depth(&self) -> Option<u64> {
+        Some(self.task_queue_depth.load(Ordering::Relaxed)).filter(|d| *d != u64::MAX)
+    }
+
     /// Counts one finished request (response headers sent) and its latency.
     pub fn observe(&self, source: Source, status: u16, latency: Duration) {
         let i = class_index(status);

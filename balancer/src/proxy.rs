@@ -15,39 +15,30 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use log::{debug, info, warn};
 use tokio::sync::watch;
 
-use crate::backends::{Backends, InFlight, Outcome};
-use crate::body::{is_body_too_large, RequestBody, ResponseBody};
-use crate::budget::RetryBudget;
+use crate::backends::{Backends, InFlight};
+use crate::body::{RequestBody, ResponseBody};
 use crate::cache::{Cache, Fetched, X_CACHE};
 use crate::config::Config;
+use crate::dispatch::{error_chain, Dispatcher, Outgoing, SendError};
 use crate::error::ProxyError;
-use crate::headers::{accepts_trailers, add_forwarded, is_upgrade, strip_hop_by_hop};
+use crate::headers::{is_upgrade, strip_hop_by_hop};
 use crate::metrics::{Metrics, Source};
+use crate::tasks::Tasks;
 use crate::upstream::Lease;
 
-/// At most this many backends are tried for one request (first try + retries).
-pub const MAX_ATTEMPTS: usize = 3;
-
-/// The request-independent part of an upstream request, reused across attempts.
-struct Outgoing {
-    method: Method,
-    path: PathAndQuery,
-    headers: HeaderMap,
-}
+pub use crate::dispatch::MAX_ATTEMPTS;
 
 pub struct Proxy {
-    backends: Arc<Backends>,
-    connect_timeout: Duration,
+    dispatch: Arc<Dispatcher>,
+    tasks: Option<Arc<Tasks>>,
     cache: Option<Cache>,
-    budget: RetryBudget,
     metrics: Arc<Metrics>,
     request_timeout: Duration,
     max_body_bytes: u64,
@@ -57,15 +48,15 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(
         config: &Config,
-        backends: Arc<Backends>,
+        dispatch: Arc<Dispatcher>,
+        tasks: Option<Arc<Tasks>>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Proxy {
         Proxy {
-            backends,
-            connect_timeout: config.connect_timeout,
+            dispatch,
+            tasks,
             cache: Cache::new(&config.cache),
-            budget: RetryBudget::new(config.retry_budget),
             metrics,
             request_timeout: config.request_timeout,
             max_body_bytes: config.limits.max_body_bytes,
@@ -74,7 +65,11 @@ impl Proxy {
     }
 
     pub fn backends(&self) -> &Arc<Backends> {
-        &self.backends
+        self.dispatch.backends()
+    }
+
+    pub fn tasks(&self) -> Option<&Arc<Tasks>> {
+        self.tasks.as_ref()
     }
 
     pub fn cache(&self) -> Option<&Cache> {
@@ -88,8 +83,11 @@ impl Proxy {
         client: SocketAddr,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
-        self.budget.deposit();
-        let (resp, source) = self.route(req, client).await;
+        self.dispatch.deposit();
+        let (resp, source) = match &self.tasks {
+            Some(tasks) if tasks.claims(&req) => (tasks.handle(req, client).await, Source::Local),
+            _ => self.route(req, client).await,
+        };
         self.metrics
             .observe(source, resp.status().as_u16(), start.elapsed());
         resp
@@ -115,7 +113,7 @@ impl Proxy {
         }
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
         let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let out = self.outgoing(&req, client, upgrade);
+        let out = Outgoing::from_client(&req, client, upgrade);
         let (parts, body) = req.into_parts();
         let (body, slot) = RequestBody::new(body, self.max_body_bytes);
 
@@ -172,37 +170,6 @@ impl Proxy {
         }
     }
 
-    /// Builds the upstream request head from the client's.
-    fn outgoing(&self, req: &Request<Incoming>, client: SocketAddr, upgrade: bool) -> Outgoing {
-        let mut headers = req.headers().clone();
-        if !headers.contains_key(header::HOST) {
-            // HTTP/2 carries the host in :authority.
-            if let Some(v) = req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                headers.insert(header::HOST, v);
-            }
-        }
-        let trailers = accepts_trailers(&headers);
-        strip_hop_by_hop(&mut headers, upgrade);
-        if trailers {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-        let host = headers.get(header::HOST).cloned();
-        add_forwarded(&mut headers, client.ip(), host.as_ref());
-        Outgoing {
-            method: req.method().clone(),
-            path: req
-                .uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            headers,
-        }
-    }
-
     /// Picks a backend and forwards, retrying connect failures on other backends.
     async fn forward(
         &self,
@@ -211,95 +178,42 @@ impl Proxy {
         slot: Option<crate::body::Slot>,
         on_client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> (Response<ResponseBody>, Source) {
-        let table = self.backends.load();
         let hint = body.hint();
-        let mut body = Some(body);
-        let mut tried: Vec<usize> = Vec::new();
-        loop {
-            let picked = self.backends.pick(&table, &mut rand::rng(), &tried);
-            let (Some(idx), Some(req_body)) = (picked, body.take()) else {
-                let err = if tried.is_empty() {
-                    ProxyError::NoBackend
-                } else {
-                    ProxyError::UpstreamFailed
-                };
-                return (err.response(), Source::Local);
-            };
-            let backend = table.backends[idx].clone();
-            if backend.authority.is_none() {
-                return (ProxyError::UpstreamFailed.response(), Source::Local);
+        let again = || match &slot {
+            None => Some(RequestBody::empty()),
+            Some(s) => RequestBody::reclaim(s, hint, self.max_body_bytes),
+        };
+        let err = match self
+            .dispatch
+            .send(&out, body, again, self.request_timeout)
+            .await
+        {
+            Ok(sent) => {
+                let resp = self.respond(sent.resp, sent.in_flight, sent.lease, on_client_upgrade);
+                return (resp, Source::Backend);
             }
-            // Origin-form request target; `Host` travels in the headers.
-            let mut req = Request::new(req_body);
-            *req.method_mut() = out.method.clone();
-            *req.uri_mut() = Uri::from(out.path.clone());
-            *req.headers_mut() = out.headers.clone();
-            let in_flight = InFlight::start(backend.clone());
-            let sent = Instant::now();
-            let result = tokio::time::timeout(
-                self.request_timeout,
-                backend
-                    .conns
-                    .send(&backend.address, self.connect_timeout, req),
-            )
-            .await;
-            let elapsed = sent.elapsed();
-            match result {
-                Ok(Ok((resp, lease))) => {
-                    self.backends.record(
-                        &backend,
-                        Outcome::Response(resp.status().as_u16()),
-                        elapsed,
-                    );
-                    return (
-                        self.respond(resp, in_flight, lease, on_client_upgrade),
-                        Source::Backend,
-                    );
-                }
-                Ok(Err(e)) if is_body_too_large(&e) => {
-                    return (ProxyError::BodyTooLarge.response(), Source::Local);
-                }
-                Ok(Err(e)) => {
-                    self.backends.record(&backend, Outcome::Failure, elapsed);
-                    if e.is_connect() && tried.len() + 1 < MAX_ATTEMPTS {
-                        let again = match &slot {
-                            None => Some(RequestBody::empty()),
-                            Some(s) => RequestBody::reclaim(s, hint, self.max_body_bytes),
-                        };
-                        if again.is_some() {
-                            if self.budget.try_withdraw() {
-                                debug!(
-                                    "connect to {} ({}) failed: {e}; retrying elsewhere",
-                                    backend.name, backend.address
-                                );
-                                self.metrics.retries.fetch_add(1, Ordering::Relaxed);
-                                tried.push(idx);
-                                body = again;
-                                continue;
-                            }
-                            self.metrics.retries_refused.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    warn!(
-                        "{} {} via {} ({}) failed: {}",
-                        out.method,
-                        out.path,
-                        backend.name,
-                        backend.address,
-                        error_chain(&e)
-                    );
-                    return (ProxyError::UpstreamFailed.response(), Source::Local);
-                }
-                Err(_) => {
-                    self.backends.record(&backend, Outcome::Failure, elapsed);
-                    warn!(
-                        "{} {} via {} ({}) timed out after {:?}",
-                        out.method, out.path, backend.name, backend.address, self.request_timeout
-                    );
-                    return (ProxyError::UpstreamTimeout.response(), Source::Local);
-                }
+            Err(SendError::NoBackend) => ProxyError::NoBackend,
+            Err(SendError::BodyTooLarge) => ProxyError::BodyTooLarge,
+            Err(SendError::Failed { backend, error }) => {
+                warn!(
+                    "{} {} via {} ({}) failed: {}",
+                    out.method,
+                    out.path,
+                    backend.name,
+                    backend.address,
+                    error_chain(&error)
+                );
+                ProxyError::UpstreamFailed
             }
-        }
+            Err(SendError::TimedOut { backend }) => {
+                warn!(
+                    "{} {} via {} ({}) timed out after {:?}",
+                    out.method, out.path, backend.name, backend.address, self.request_timeout
+                );
+                ProxyError::UpstreamTimeout
+            }
+        };
+        (err.response(), Source::Local)
     }
 
     /// Turns the upstream response into the client's; tunnels a protocol switch.
@@ -369,16 +283,4 @@ impl RequestBody {
     fn is_end_stream_hint(&self) -> bool {
         http_body::Body::is_end_stream(self)
     }
-}
-
-/// The error and its sources on one line.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }

@@ -20,16 +20,14 @@ use std::time::Duration;
 
 pub use protocol::config::{ConfigError, ConfigErrors};
 use protocol::config::{Reader, Rules};
+use protocol::redis_target::RedisTarget;
 use protocol::units::{parse_bytes, parse_duration};
 
 pub const HOST_PORT_WS_DEPLOYMENT_AGENT: &str = "HOST_PORT_WS_DEPLOYMENT_AGENT";
 pub const HOST_PORT_HTTP_DEPLOYMENT_AGENT: &str = "HOST_PORT_HTTP_DEPLOYMENT_AGENT";
 pub const BIND_ADDRESS: &str = "BIND_ADDRESS";
 pub const AGENT_TOKEN: &str = "AGENT_TOKEN";
-pub const REDIS_HOST: &str = "REDIS_HOST";
-pub const REDIS_PORT: &str = "REDIS_PORT";
-pub const REDIS_PASSWORD: &str = "REDIS_PASSWORD";
-pub const REDIS_DB: &str = "REDIS_DB";
+pub use protocol::redis_target::{REDIS_DB, REDIS_HOST, REDIS_PASSWORD, REDIS_PORT};
 pub const DOCKER_HOST: &str = "DOCKER_HOST";
 pub const DOCKER_IMAGE: &str = "DOCKER_IMAGE";
 pub const TARGET_PORT: &str = "TARGET_PORT";
@@ -82,10 +80,8 @@ pub struct Config {
     pub bind: IpAddr,
     /// Shared secret for WebSocket subscribers and mutating endpoints; `None` = open.
     pub token: Option<String>,
-    pub redis_host: String,
-    pub redis_port: u16,
-    pub redis_password: Option<String>,
-    pub redis_db: u32,
+    /// `REDIS_HOST` / `REDIS_PORT` / `REDIS_PASSWORD` / `REDIS_DB`.
+    pub redis: RedisTarget,
     /// Docker engine address, e.g. `unix:///var/run/docker.sock` or `tcp://host:2375`.
     pub docker_host: String,
     /// The app image (`DOCKER_IMAGE`, required).
@@ -233,25 +229,6 @@ fn parse_docker_host(v: &str) -> Option<String> {
     (matches!(scheme, "unix" | "tcp" | "http" | "https") && !rest.is_empty()).then(|| v.to_string())
 }
 
-fn parse_host(v: &str) -> Option<String> {
-    (!v.chars()
-        .any(|c| c.is_whitespace() || matches!(c, '/' | '@' | '?' | '#')))
-    .then(|| v.to_string())
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn percent_encode(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Config, ConfigErrors> {
@@ -270,17 +247,15 @@ impl Config {
             |v| v.parse().ok(),
         );
         let token = r.raw(AGENT_TOKEN);
-        let redis_host = r.get(
-            REDIS_HOST,
-            "redis".to_string(),
-            "a host name or IP address",
-            parse_host,
-        );
-        let redis_port = r.get(REDIS_PORT, 6379, "a TCP port 1-65535", |v| {
-            v.parse().ok().filter(|p| *p != 0)
+        let redis = RedisTarget::read(&mut r).unwrap_or_else(|| {
+            r.fail(REDIS_HOST, "required: the agent keeps its state in Redis");
+            RedisTarget {
+                host: String::new(),
+                port: 6379,
+                password: None,
+                db: 0,
+            }
         });
-        let redis_password = (lookup)(REDIS_PASSWORD).filter(|p| !p.is_empty());
-        let redis_db = r.get(REDIS_DB, 0, "a database number >= 0", |v| v.parse().ok());
         let docker_host = r.get(
             DOCKER_HOST,
             "unix:///var/run/docker.sock".to_string(),
@@ -389,10 +364,7 @@ impl Config {
             http_port,
             bind,
             token,
-            redis_host,
-            redis_port,
-            redis_password,
-            redis_db,
+            redis,
             docker_host,
             image: image.unwrap_or_default(),
             target_port: target_port.unwrap_or_default(),
@@ -460,17 +432,7 @@ impl Config {
 
     /// `redis://[:password@]host:port/db`, the password percent-encoded.
     pub fn redis_url(&self) -> String {
-        let auth = self
-            .redis_password
-            .as_deref()
-            .map(|p| format!(":{}@", percent_encode(p)))
-            .unwrap_or_default();
-        let host = if self.redis_host.contains(':') {
-            format!("[{}]", self.redis_host)
-        } else {
-            self.redis_host.clone()
-        };
-        format!("redis://{auth}{host}:{}/{}", self.redis_port, self.redis_db)
+        self.redis.url()
     }
 }
 
@@ -595,7 +557,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.token, None);
-        assert_eq!(c.redis_password, None);
+        assert_eq!(c.redis.password, None);
         assert_eq!(c.scaling.default_containers, 5);
     }
 

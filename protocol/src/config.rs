@@ -74,6 +74,11 @@ impl<'a, F: Fn(&str) -> Option<String>> Reader<'a, F> {
         }
     }
 
+    /// The value exactly as set (secrets may start or end with spaces).
+    pub fn untrimmed(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+    }
+
     /// The trimmed value, empty included (for variables where "set but empty" means something).
     pub fn verbatim(&self, name: &str) -> Option<String> {
         (self.lookup)(name).map(|v| v.trim().to_string())

@@ -15,6 +15,7 @@ use std::fmt;
 pub mod config;
 pub mod healthcheck;
 pub mod process;
+pub mod redis_target;
 pub mod units;
 
 /// Utilization category of a backend container, as decided by the agent.
@@ -104,6 +105,10 @@ pub struct Report {
     /// Queue version the balancer was using when it sent the report.
     pub queue_version: u64,
     pub backends: Vec<BackendReport>,
+    /// Tasks waiting in the app's shared task queue (delayed ones included), as this
+    /// balancer last read it from Redis; absent when tasks are disabled or Redis is away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_queue_depth: Option<u64>,
 }
 
 /// One WebSocket frame.
@@ -187,6 +192,7 @@ mod tests {
                     latency_p50_ms: Some(1.5),
                     latency_p99_ms: None,
                 }],
+                task_queue_depth: Some(3),
             }),
         ];
         for m in msgs {
@@ -197,7 +203,8 @@ mod tests {
             balancer: "b".into(),
             interval_ms: 1,
             queue_version: 0,
-            backends: vec![]
+            backends: vec![],
+            task_queue_depth: None,
         })
         .encode()
         .starts_with(r#"{"type":"report""#));

@@ -285,6 +285,8 @@ impl Balancer {
             ("DEPLOYMENT_AGENT_URL".into(), "".into()),
             ("REPORT_INTERVAL".into(), "200ms".into()),
             ("BALANCER_ID".into(), "test-balancer".into()),
+            // Tasks off unless a test gives Redis (see tests/tasks.rs).
+            ("REDIS_HOST".into(), "".into()),
         ]);
         for (k, v) in vars {
             map.insert(k.to_string(), v.to_string());

@@ -518,6 +518,7 @@ impl Traffic {
                             interval_ms,
                             queue_version: version,
                             backends,
+                            task_queue_depth: None,
                         }
                     };
                     let text = Message::Report(report).encode();

@@ -1,0 +1,216 @@
+//! Sending one request to a backend: pick (weights, SUNDOWN excluded, ejection), send over
+//! the backend's keep-alive pool, retry a connect failure on another backend within the
+//! retry budget, and record the outcome for outlier detection and the agent's reports.
+//! Shared by the proxy (client requests) and the task workers.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, Uri};
+use hyper::body::Incoming;
+use log::debug;
+
+use crate::backends::{Backend, Backends, InFlight, Outcome};
+use crate::body::{is_body_too_large, RequestBody};
+use crate::budget::RetryBudget;
+use crate::headers::{accepts_trailers, add_forwarded, strip_hop_by_hop};
+use crate::metrics::Metrics;
+use crate::upstream::{Lease, UpstreamError};
+
+/// At most this many backends are tried for one request (first try + retries).
+pub const MAX_ATTEMPTS: usize = 3;
+
+/// The request-independent part of an upstream request, reused across attempts.
+pub struct Outgoing {
+    pub method: Method,
+    pub path: PathAndQuery,
+    pub headers: HeaderMap,
+}
+
+impl Outgoing {
+    /// The upstream request head for a client's request: hop-by-hop fields removed (the
+    /// upgrade ones kept when `upgrade`), `Host` kept (taken from `:authority` on HTTP/2),
+    /// `X-Forwarded-*` added.
+    pub fn from_client<B>(req: &Request<B>, client: SocketAddr, upgrade: bool) -> Outgoing {
+        let mut headers = req.headers().clone();
+        if !headers.contains_key(header::HOST) {
+            // HTTP/2 carries the host in :authority.
+            if let Some(v) = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                headers.insert(header::HOST, v);
+            }
+        }
+        let trailers = accepts_trailers(&headers);
+        strip_hop_by_hop(&mut headers, upgrade);
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        let host = headers.get(header::HOST).cloned();
+        add_forwarded(&mut headers, client.ip(), host.as_ref());
+        Outgoing {
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            headers,
+        }
+    }
+}
+
+/// A response head from a backend; the body is still to be read.
+pub struct Sent {
+    pub resp: Response<Incoming>,
+    /// The connection, back to its pool when dropped after the body ended.
+    pub lease: Lease,
+    /// Keeps the backend's in-flight count up until dropped.
+    pub in_flight: InFlight,
+    pub backend: Arc<Backend>,
+}
+
+/// Why no response head came back.
+pub enum SendError {
+    /// No backend could be picked.
+    NoBackend,
+    /// The client's body went over the limit while being sent.
+    BodyTooLarge,
+    /// The request failed and may have reached `backend` (or every connect attempt failed).
+    Failed {
+        backend: Arc<Backend>,
+        error: UpstreamError,
+    },
+    /// No response head within the timeout.
+    TimedOut { backend: Arc<Backend> },
+}
+
+pub struct Dispatcher {
+    backends: Arc<Backends>,
+    connect_timeout: Duration,
+    budget: RetryBudget,
+    metrics: Arc<Metrics>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        backends: Arc<Backends>,
+        connect_timeout: Duration,
+        retry_budget: f64,
+        metrics: Arc<Metrics>,
+    ) -> Dispatcher {
+        Dispatcher {
+            backends,
+            connect_timeout,
+            budget: RetryBudget::new(retry_budget),
+            metrics,
+        }
+    }
+
+    pub fn backends(&self) -> &Arc<Backends> {
+        &self.backends
+    }
+
+    /// Counts one request towards the retry budget.
+    pub fn deposit(&self) {
+        self.budget.deposit();
+    }
+
+    /// Sends `out` with `body`; after a connect failure (nothing sent) asks `again` for the
+    /// body of the next attempt (`None`: it cannot be sent again) and tries another backend.
+    /// `timeout` bounds each attempt up to the response head.
+    pub async fn send(
+        &self,
+        out: &Outgoing,
+        body: RequestBody,
+        mut again: impl FnMut() -> Option<RequestBody>,
+        timeout: Duration,
+    ) -> Result<Sent, SendError> {
+        let table = self.backends.load();
+        let mut body = Some(body);
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_error = None;
+        loop {
+            let picked = self.backends.pick(&table, &mut rand::rng(), &tried);
+            let (Some(idx), Some(req_body)) = (picked, body.take()) else {
+                return Err(match last_error {
+                    Some((backend, error)) => SendError::Failed { backend, error },
+                    None => SendError::NoBackend,
+                });
+            };
+            let backend = table.backends[idx].clone();
+            // Origin-form request target; `Host` travels in the headers.
+            let mut req = Request::new(req_body);
+            *req.method_mut() = out.method.clone();
+            *req.uri_mut() = Uri::from(out.path.clone());
+            *req.headers_mut() = out.headers.clone();
+            let in_flight = InFlight::start(backend.clone());
+            let sent = Instant::now();
+            let result = tokio::time::timeout(
+                timeout,
+                backend
+                    .conns
+                    .send(&backend.address, self.connect_timeout, req),
+            )
+            .await;
+            let elapsed = sent.elapsed();
+            match result {
+                Ok(Ok((resp, lease))) => {
+                    let status = resp.status().as_u16();
+                    self.backends
+                        .record(&backend, Outcome::Response(status), elapsed);
+                    return Ok(Sent {
+                        resp,
+                        lease,
+                        in_flight,
+                        backend,
+                    });
+                }
+                Ok(Err(e)) if is_body_too_large(&e) => return Err(SendError::BodyTooLarge),
+                Ok(Err(error)) => {
+                    self.backends.record(&backend, Outcome::Failure, elapsed);
+                    if !error.is_connect() || tried.len() + 1 >= MAX_ATTEMPTS {
+                        return Err(SendError::Failed { backend, error });
+                    }
+                    let Some(next) = again() else {
+                        return Err(SendError::Failed { backend, error });
+                    };
+                    if !self.budget.try_withdraw() {
+                        self.metrics.retries_refused.fetch_add(1, Ordering::Relaxed);
+                        return Err(SendError::Failed { backend, error });
+                    }
+                    debug!(
+                        "connect to {} ({}) failed: {error}; retrying elsewhere",
+                        backend.name, backend.address
+                    );
+                    self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    tried.push(idx);
+                    body = Some(next);
+                    last_error = Some((backend, error));
+                }
+                Err(_) => {
+                    self.backends.record(&backend, Outcome::Failure, elapsed);
+                    return Err(SendError::TimedOut { backend });
+                }
+            }
+        }
+    }
+}
+
+/// The error and its sources on one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

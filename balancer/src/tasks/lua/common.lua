@@ -1,0 +1,35 @@
+-- Shared by every task script (prepended to each). ARGV[1] is always the key prefix
+-- (`rustybalancer:{app}:tasks:`); keys are built from it, so these scripts assume one Redis
+-- server, not a cluster.
+local P = ARGV[1]
+local STREAM = P .. 'stream'
+local GROUP = 'workers'
+
+local function task_key(id)
+  return P .. 'task:' .. id
+end
+
+-- Moves `id` between the status indexes (sorted sets, score 0, ids sort by time).
+local function move(id, from, to)
+  if from then
+    redis.call('ZREM', P .. 'idx:' .. from, id)
+  end
+  redis.call('ZADD', P .. 'idx:' .. to, 0, id)
+end
+
+-- Acknowledges and deletes a stream entry ('' = none), keeping the stream short.
+local function release(entry)
+  if entry ~= '' then
+    redis.call('XACK', STREAM, GROUP, entry)
+    redis.call('XDEL', STREAM, entry)
+  end
+end
+
+-- Marks a task finished: final status, time stamp, expiry, and a wake-up for waiters.
+local function finish(t, id, status, now, ttl_ms)
+  redis.call('HSET', t, 'status', status, 'finished_ms', now)
+  redis.call('HDEL', t, 'next_attempt_ms', 'worker')
+  redis.call('PEXPIRE', t, ttl_ms)
+  redis.call('PUBLISH', P .. 'done', id)
+end
+
