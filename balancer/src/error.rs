@@ -67,9 +67,16 @@ impl ProxyError {
     }
 }
 
-/// A JSON response.
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::full(value.to_string()));
+/// A JSON response (fields in the order the type declares them).
+pub fn json_response<T: serde::Serialize + ?Sized>(
+    status: StatusCode,
+    value: &T,
+) -> Response<ResponseBody> {
+    let body = serde_json::to_vec(value).unwrap_or_else(|e| {
+        log::error!("cannot encode a JSON answer: {e}");
+        b"{}".to_vec()
+    });
+    let mut resp = Response::new(ResponseBody::full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

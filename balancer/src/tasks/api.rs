@@ -254,7 +254,7 @@ impl Tasks {
             [""] => Err(ApiError::Method("GET, HEAD, POST")),
             [id, ..] if !is_id(id) => Err(ApiError::NotFound),
             [id] if read => match self.store()?.view(id).await? {
-                Some(view) => Ok(json_response(StatusCode::OK, &json!(view))),
+                Some(view) => Ok(json_response(StatusCode::OK, &view)),
                 None => Err(ApiError::NotFound),
             },
             [id] if req.method() == Method::DELETE => self.cancel(id).await,
@@ -596,7 +596,7 @@ impl Tasks {
                 self.metrics.count_finished(Status::Cancelled);
                 self.spawn_callback(id.to_string(), callback);
                 let view = store.view(id).await?;
-                Ok(json_response(StatusCode::OK, &json!(view)))
+                Ok(json_response(StatusCode::OK, &view))
             }
             Change::Missing => Err(ApiError::NotFound),
             Change::Queued => Err(ApiError::Internal(format!(
