@@ -177,7 +177,7 @@ impl Tasks {
     fn redis_state(&self, up: Result<(), &StoreError>) {
         let was = self.metrics.redis_up.swap(up.is_ok(), Ordering::Relaxed);
         match up {
-            Ok(()) if !was => info!("tasks: Redis at {} answers again", self.redis_at),
+            Ok(()) if !was => info!("tasks: Redis at {} is reachable", self.redis_at),
             Err(e) if was => warn!(
                 "tasks: Redis at {} unavailable: {e}; retrying",
                 self.redis_at
