@@ -7,6 +7,10 @@
 #                file), the playground app, DEFAULT_CONTAINER=2, and the overlay
 #                jobs/e2e/docker-compose.e2e.yaml (agent API published, fast scaling)
 #   2. spread    /echo through the balancer: every request 200, answered by >= 2 containers
+#   2b. tasks    a task submission through the balancer (Prefer: respond-async) is stored in
+#                the stack's Redis and run on the pool: 202 + Location, the status reaches
+#                succeeded, /result replays the app's answer (which saw X-Task-Id); and
+#                `wait=10` answers with the result itself
 #   3. scores    the agent's /stats lists >= 2 containers with numeric scores and LU/MU/HU
 #   4. scale-up  sustained concurrent /cpu load through the balancer: the pool grows past 2
 #   5. scale-down the load stops; a trickle of /work requests (one per ~100 ms) runs while
@@ -336,6 +340,32 @@ while true; do
     sleep 1
 done
 phase_done spread "$started" "$requests requests, all 200, answered by ${#hosts[@]} containers: ${hosts[*]}"
+
+# --- 2b. tasks ---------------------------------------------------------------------------
+
+started=$SECONDS
+code=$(curl -s -D "$WORK/task.head" -o "$WORK/task.json" -w '%{http_code}' -m 10 \
+    -X POST -H 'Prefer: respond-async' --data 'e2e' "$BALANCER/echo?from=e2e" || true)
+[[ $code == 202 ]] || fail "a task submission answered ${code/#000/no response} instead of 202: $(cat "$WORK/task.json" 2>/dev/null)"
+task_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$WORK/task.json") ||
+    fail "the 202 carries no task id: $(cat "$WORK/task.json")"
+grep -qi "^location: /_tasks/$task_id" "$WORK/task.head" || fail "the 202 has no Location for task $task_id"
+deadline=$((SECONDS + 30))
+while true; do
+    status=$(curl -s -m 5 "$BALANCER/_tasks/$task_id" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])' 2>/dev/null || true)
+    [[ $status == succeeded ]] && break
+    [[ $status == queued || $status == running ]] || fail "task $task_id is '${status:-unreadable}', expected it to succeed"
+    ((SECONDS < deadline)) || fail "task $task_id still $status after 30s"
+    sleep 0.5
+done
+code=$(curl -s -o "$WORK/result.json" -w '%{http_code}' -m 5 "$BALANCER/_tasks/$task_id/result" || true)
+[[ $code == 200 ]] || fail "GET /_tasks/$task_id/result answered $code"
+grep -q "$task_id" "$WORK/result.json" || fail "the replayed result does not show the X-Task-Id the app received"
+code=$(curl -s -D "$WORK/wait.head" -o /dev/null -w '%{http_code}' -m 15 \
+    -H 'Prefer: respond-async, wait=10' "$BALANCER/work?ms=50" || true)
+[[ $code == 200 ]] && grep -qi '^x-task-id:' "$WORK/wait.head" ||
+    fail "Prefer: respond-async, wait=10 answered $code without the task's result"
+phase_done tasks "$started" "(task ${task_id:0:12}… stored in Redis, run on the pool, result replayed; wait=10 answered with the result)"
 
 # --- 3. scores ---------------------------------------------------------------------------
 

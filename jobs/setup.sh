@@ -101,6 +101,20 @@ REPORT_INTERVAL|1s|duration|advanced|period of report frames to the agent
 AGENT_STALE_AFTER|15s|duration|advanced|no frame from the agent for this long: reconnect
 RECONNECT_MAX|30s|duration|advanced|cap of the reconnect back-off
 WORKER_THREADS||count|advanced|balancer worker threads (empty: one per available CPU)
+# Task submissions (balancer; artefacts/tasks.md)
+TASK_PATH_PREFIX|/_tasks|path|advanced|reserved path prefix of the task API
+TASK_WORKERS|32|count|advanced|concurrent task executions per balancer
+TASK_MAX_ATTEMPTS|5|count|advanced|attempts per task before it is dead
+TASK_RETRY_BASE|1s|duration|advanced|first retry back-off (exponential, full jitter)
+TASK_RETRY_MAX|5m|duration|advanced|longest retry back-off
+TASK_LEASE|30s|duration|advanced|a running task's lease; lapsed leases are taken over by another balancer
+TASK_TIMEOUT|60s|duration|advanced|per-attempt limit (request sent to response read)
+TASK_RESULT_TTL|24h|duration|advanced|finished tasks and their results are kept this long
+TASK_MAX_BODY_BYTES|8MiB|size|advanced|largest task request body (then 413)
+TASK_MAX_RESULT_BYTES|8MiB|size|advanced|larger results are stored truncated and flagged
+TASK_IDEMPOTENCY_TTL|24h|duration|advanced|how long an Idempotency-Key is remembered
+TASK_CALLBACK_ALLOW||hostlist|advanced|hosts (or host:port) X-Callback-Url may name (empty: callbacks refused)
+TASK_MAX_WAIT|30s|duration|advanced|cap of Prefer: wait=N
 # Logging and host
 RUST_LOG|info|logfilter|main|log filter of both services (env_logger syntax)
 RUST_LOG_DEV|info,balancer=debug,deployment_agent=debug,protocol=debug|logfilter|advanced|log filter in the dev environment
@@ -255,6 +269,9 @@ expected() {
         backends)
             [[ $v =~ ^[A-Za-z0-9.-]+:[0-9]{1,5}(,[A-Za-z0-9.-]+:[0-9]{1,5})*$ ]] && return 0
             echo "a comma-separated host:port list" ;;
+        hostlist)
+            [[ $v =~ ^[A-Za-z0-9.:-]+(,[A-Za-z0-9.:-]+)*$ ]] && return 0
+            echo "a comma-separated list of host or host:port" ;;
         extlist)
             [[ $v =~ ^[A-Za-z0-9]+(,[A-Za-z0-9]+)*$ ]] && return 0
             echo "a comma-separated list of extensions without dots, e.g. css,js,png" ;;

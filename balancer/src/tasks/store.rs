@@ -76,7 +76,10 @@ impl StoreError {
 
 fn classify(op: &'static str, err: RedisError) -> StoreError {
     use redis::{ErrorKind, ServerErrorKind};
-    let down = err.is_io_error()
+    // OOM: Redis is at `maxmemory` with `noeviction` (as it must be for a queue): transient,
+    // so the caller answers 503 and the client retries, rather than a 500.
+    let down = err.code() == Some("OOM")
+        || err.is_io_error()
         || err.is_timeout()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
