@@ -368,7 +368,11 @@ impl Tasks {
         }
         let now = now_ms();
         let mut id = new_id(now, &mut rand::rng());
-        let fp = fingerprint(task.method.as_str(), task.path.as_str(), &task.body);
+        // Only an Idempotency-Key needs the fingerprint (a SHA-1 over the body).
+        let fp = match &task.idempotency_key {
+            Some(_) => fingerprint(task.method.as_str(), task.path.as_str(), &task.body),
+            None => String::new(),
+        };
         let not_before = task.delay.map_or(0, |d| {
             now + u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
         });
@@ -412,6 +416,7 @@ impl Tasks {
             .as_deref()
             .map(|k| (k, fp.as_str(), self.cfg.idempotency_ttl));
         let outcome = store.submit(&id, idem, now, not_before, &fields).await;
+        let mut status = Some(Status::Queued);
         match outcome {
             Ok(Submitted::Created) => {
                 self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
@@ -428,6 +433,7 @@ impl Tasks {
                 }
                 self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
                 id = earlier;
+                status = None;
                 if wait.is_some() {
                     waiter = Some(self.waiters.register(&id));
                 }
@@ -444,9 +450,10 @@ impl Tasks {
                 return Ok(resp);
             }
         }
-        let status = match store.view(&id).await {
-            Ok(Some(v)) => v.status,
-            _ => Status::Queued,
+        // A repeated submission shows the earlier task's current status.
+        let status = match status {
+            Some(s) => s,
+            None => store.view(&id).await?.map_or(Status::Queued, |v| v.status),
         };
         let retry_after = if not_before > now {
             (not_before - now).div_ceil(1000)

@@ -468,6 +468,8 @@ impl Tasks {
             }
         };
         self.metrics.attempts.fetch_add(1, Ordering::Relaxed);
+        // Attempts earn retry-budget tokens like client requests do.
+        self.dispatch.deposit();
         debug!(
             "task {task}: attempt {attempt}/{max_attempts}: {} {}",
             out.method, out.path
