@@ -92,45 +92,26 @@ impl From<Invalid> for ApiError {
 
 impl ApiError {
     pub fn response(&self) -> Response<ResponseBody> {
-        let message = self.to_string();
-        let (status, body) = match self {
-            ApiError::Disabled => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "tasks_disabled", "message": message}),
-            ),
-            ApiError::Unavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "task_store_unavailable", "message": message}),
-            ),
-            ApiError::Invalid(i) => (
-                StatusCode::BAD_REQUEST,
-                json!({"error": "invalid_task", "field": i.field, "message": i.message}),
-            ),
-            ApiError::TooLarge(_) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                json!({"error": "body_too_large", "message": message}),
-            ),
-            ApiError::NotFound => (
-                StatusCode::NOT_FOUND,
-                json!({"error": "not_found", "message": message}),
-            ),
-            ApiError::Method(_) => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                json!({"error": "method_not_allowed", "message": message}),
-            ),
-            ApiError::Conflict { code, task, .. } => (
-                StatusCode::CONFLICT,
-                json!({"error": code, "message": message, "task": task}),
-            ),
-            ApiError::KeyReused(_) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                json!({"error": "idempotency_key_reused", "message": message}),
-            ),
-            ApiError::Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"error": "internal", "message": message}),
-            ),
+        let (status, code) = match self {
+            ApiError::Disabled => (StatusCode::SERVICE_UNAVAILABLE, "tasks_disabled"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "task_store_unavailable"),
+            ApiError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_task"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Method(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, *code),
+            ApiError::KeyReused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
+        let mut body = json!({"error": code, "message": self.to_string()});
+        match self {
+            ApiError::Invalid(i) => {
+                body["field"] = json!(i.field);
+                body["message"] = json!(i.message);
+            }
+            ApiError::Conflict { task, .. } => body["task"] = json!(task),
+            _ => {}
+        }
         let mut resp = json_response(status, &body);
         let h = resp.headers_mut();
         match self {
@@ -327,7 +308,10 @@ impl Tasks {
         // Base64 makes bodies 4/3 larger; leave room for the rest of the envelope too.
         let limit = self.cfg.max_body_bytes.saturating_mul(4) / 3 + (64 << 10);
         let (parts, body) = req.into_parts();
-        let json = read_body(body, &parts.headers, limit).await?;
+        let json = match read_body(body, &parts.headers, limit).await {
+            Err(ApiError::TooLarge(_)) => return Err(ApiError::TooLarge(self.cfg.max_body_bytes)),
+            other => other?,
+        };
         let env = envelope::parse(&json)?;
         if env.body.len() as u64 > self.cfg.max_body_bytes {
             return Err(ApiError::TooLarge(self.cfg.max_body_bytes));
@@ -487,11 +471,11 @@ impl Tasks {
     ) -> Result<Option<Response<ResponseBody>>, ApiError> {
         let deadline = tokio::time::Instant::now() + wait;
         let store = self.store()?;
+        let mut fired = false;
         loop {
-            let tick = tokio::time::sleep(Duration::from_secs(1));
             tokio::select! {
-                _ = &mut waiter.rx => {}
-                _ = tick => {}
+                _ = &mut waiter.rx, if !fired => fired = true,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(None),
             }
             match store.view(id).await? {
@@ -502,13 +486,11 @@ impl Tasks {
             if tokio::time::Instant::now() >= deadline {
                 return Ok(None);
             }
-            // A fired waiter is spent: register again (the message may have been for an
-            // earlier state that was not final, e.g. a cancel racing a retry).
-            if !matches!(
-                waiter.rx.try_recv(),
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty)
-            ) {
+            if fired {
+                // Woken for a state that was not final after all (e.g. a cancel racing a
+                // retry): wait for the next notification.
                 waiter = self.waiters.register(id);
+                fired = false;
             }
         }
     }

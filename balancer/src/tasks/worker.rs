@@ -109,6 +109,39 @@ pub fn parse_request(
     ))
 }
 
+/// Adds free worker slots to `held`, up to [`MAX_BATCH`], without waiting.
+fn take_free(permits: &Arc<Semaphore>, held: &mut Vec<OwnedSemaphorePermit>) {
+    while held.len() < MAX_BATCH {
+        match permits.clone().try_acquire_owned() {
+            Ok(p) => held.push(p),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Hands each entry to a worker with one of the `held` slots; `false` once the workers are
+/// gone (shutdown).
+async fn hand_out(
+    entries: Vec<Entry>,
+    held: &mut Vec<OwnedSemaphorePermit>,
+    tx: &mpsc::Sender<Job>,
+) -> bool {
+    for entry in entries {
+        let Some(permit) = held.pop() else {
+            // Never more entries than slots were asked for.
+            break;
+        };
+        let job = Job {
+            entry,
+            _permit: permit,
+        };
+        if tx.send(job).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 impl Tasks {
     /// Runs the workers and housekeeping until shutdown, then drains running attempts.
     pub async fn run(self: Arc<Self>) {
@@ -206,12 +239,7 @@ impl Tasks {
                 _ = crate::stopped(&mut stop) => return,
             };
             let mut held = vec![first];
-            while held.len() < MAX_BATCH {
-                match permits.clone().try_acquire_owned() {
-                    Ok(p) => held.push(p),
-                    Err(_) => break,
-                }
-            }
+            take_free(permits, &mut held);
             if !self.selectable() {
                 // Leave the tasks in the stream for a balancer that has backends.
                 drop(held);
@@ -242,18 +270,8 @@ impl Tasks {
                 Ok(entries) => {
                     self.redis_state(Ok(()));
                     backoff = Duration::from_millis(100);
-                    for entry in entries {
-                        let Some(permit) = held.pop() else { break };
-                        if tx
-                            .send(Job {
-                                entry,
-                                _permit: permit,
-                            })
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
+                    if !hand_out(entries, &mut held, &tx).await {
+                        return;
                     }
                 }
                 Err(e) if e.is_no_group() => {
@@ -279,12 +297,7 @@ impl Tasks {
                 return;
             }
             let mut held = Vec::new();
-            while held.len() < MAX_BATCH {
-                match permits.clone().try_acquire_owned() {
-                    Ok(p) => held.push(p),
-                    Err(_) => break,
-                }
-            }
+            take_free(permits, &mut held);
             if held.is_empty() || !self.selectable() {
                 continue;
             }
@@ -293,24 +306,17 @@ impl Tasks {
                 .await
             {
                 Ok(entries) => {
-                    for entry in entries {
-                        let Some(permit) = held.pop() else { break };
+                    for entry in &entries {
                         info!(
                             "tasks: took over stream entry {} (task {}) after its lease lapsed",
                             entry.id,
                             entry.task.as_deref().unwrap_or("?")
                         );
-                        self.metrics.reclaimed.fetch_add(1, Ordering::Relaxed);
-                        if tx
-                            .send(Job {
-                                entry,
-                                _permit: permit,
-                            })
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
+                    }
+                    let n = entries.len() as u64;
+                    self.metrics.reclaimed.fetch_add(n, Ordering::Relaxed);
+                    if !hand_out(entries, &mut held, &tx).await {
+                        return;
                     }
                 }
                 Err(e) if e.is_no_group() => debug!("tasks: no consumer group to reclaim from yet"),

@@ -33,3 +33,12 @@ local function finish(t, id, status, now, ttl_ms)
   redis.call('PUBLISH', P .. 'done', id)
 end
 
+-- Puts a running task back in the queue, due at `next_ms`, and releases its stream entry.
+local function requeue(t, id, next_ms, entry)
+  redis.call('HSET', t, 'status', 'queued', 'next_attempt_ms', next_ms)
+  redis.call('HDEL', t, 'worker')
+  move(id, 'running', 'queued')
+  redis.call('ZADD', P .. 'delayed', next_ms, id)
+  release(entry)
+end
+

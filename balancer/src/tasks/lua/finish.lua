@@ -14,11 +14,7 @@ if st ~= 'running' or redis.call('HGET', t, 'attempts') ~= ARGV[4] then
 end
 if verdict == 'wait' then
   redis.call('HINCRBY', t, 'attempts', -1)
-  redis.call('HSET', t, 'status', 'queued', 'next_attempt_ms', ARGV[7])
-  redis.call('HDEL', t, 'worker')
-  move(id, 'running', 'queued')
-  redis.call('ZADD', P .. 'delayed', ARGV[7], id)
-  release(ARGV[2])
+  requeue(t, id, ARGV[7], ARGV[2])
   return {'queued'}
 end
 redis.call('HSET', t, 'backend', ARGV[9])
@@ -31,11 +27,7 @@ else
   redis.call('HDEL', t, 'r_status', 'r_headers', 'r_body', 'r_truncated', 'r_size')
 end
 if verdict == 'retry' then
-  redis.call('HSET', t, 'status', 'queued', 'next_attempt_ms', ARGV[7])
-  redis.call('HDEL', t, 'worker')
-  move(id, 'running', 'queued')
-  redis.call('ZADD', P .. 'delayed', ARGV[7], id)
-  release(ARGV[2])
+  requeue(t, id, ARGV[7], ARGV[2])
   return {'queued'}
 end
 move(id, 'running', verdict)
