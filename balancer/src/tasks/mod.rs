@@ -7,20 +7,24 @@
 //! - [`envelope`]: the JSON body of `POST /_tasks`, validated field by field.
 //! - [`store`] and [`query`]: the Redis edge (Lua scripts for every state change; reads).
 //! - [`api`]: the HTTP side (`Prefer: respond-async`, `/_tasks…`), errors mapped to status.
-//! - [`worker`]: the workers: read the stream, hold leases, run attempts, record outcomes;
-//!   housekeeping (delayed tasks, gauges, index sweeping).
+//! - [`stream`]: the Redis stream and its consumer group; the dead-letter stream.
+//! - [`worker`]: the workers' loops (read the stream, take over lapsed leases) and
+//!   housekeeping (delayed tasks, gauges, index sweeping); [`attempt`]: one attempt of one
+//!   task, lease renewal included.
 //! - [`notify`]: `Prefer: wait=N` waiters woken by Redis pub/sub. [`callback`]: `X-Callback-Url`.
 //!
 //! The protocol, the Redis layout and the delivery guarantees are documented in
 //! `artefacts/tasks.md`.
 
 pub mod api;
+pub mod attempt;
 pub mod callback;
 pub mod envelope;
 pub mod model;
 pub mod notify;
 pub mod query;
 pub mod store;
+pub mod stream;
 pub mod worker;
 
 use std::fmt::Write;
