@@ -27,6 +27,9 @@
 //! - `disabled_without_redis`: 503 on `/_tasks`, `Prefer` ignored (proxied normally).
 //! - `reports_carry_the_task_queue_depth`.
 //! - `large_results_are_truncated`: `TASK_MAX_RESULT_BYTES`.
+//! - `waiting_on_a_finished_duplicate_answers_at_once`: `wait=1` + an `Idempotency-Key` of a
+//!   finished task → its result at once.
+//! - `envelope_callback_errors_name_the_envelope_field`.
 
 mod common;
 
@@ -397,7 +400,7 @@ async fn prefer_wait_answers_with_the_result_or_202() {
     let took = t0.elapsed();
     assert_eq!(resp.status(), 202, "{body:?}");
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_millis(1450),
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
         "wait=1 answered after {took:?}"
     );
     let v = json_of(&body);
@@ -1363,4 +1366,72 @@ async fn large_results_are_truncated() {
     assert_eq!(&body[..], &big[..100]);
     assert_eq!(header(&resp, "x-task-result-truncated"), Some("true"));
     assert_eq!(header(&resp, "x-task-id"), Some(id.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_on_a_finished_duplicate_answers_at_once() {
+    let Some(redis) = redis() else { return };
+    let (origin, _log) = recording(|_| async { text(200, "paid") }).await;
+    let b = start(&redis, "idem-wait", &[&origin], &[]).await;
+    let c = client();
+    let key = ("idempotency-key", "order-7");
+    let id = submit(&c, &b, Method::POST, "/pay", &[key], "amount=5").await;
+    wait_final(&b, &id, "succeeded").await;
+    // Its completion was announced long ago: the wait must not sit out a tick for it.
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let (resp, body) = call(
+            &c,
+            Method::POST,
+            &b.url("/pay"),
+            &[("prefer", "respond-async, wait=1"), key],
+            "amount=5",
+        )
+        .await;
+        assert_eq!(resp.status(), 200, "{:?}", String::from_utf8_lossy(&body));
+        assert_eq!(header(&resp, "x-task-id"), Some(id.as_str()));
+        assert_eq!(&body[..], b"paid");
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_callback_errors_name_the_envelope_field() {
+    let Some(redis) = redis() else { return };
+    let origin = Origin::named("x").await;
+    let b = start(
+        &redis,
+        "cb-field",
+        &[&origin],
+        &[("TASK_CALLBACK_ALLOW", "hooks.internal")],
+    )
+    .await;
+    let (resp, body) = call(
+        &client(),
+        Method::POST,
+        &b.url("/_tasks"),
+        &[],
+        json!({"path": "/", "callback_url": "http://evil.example/"}).to_string(),
+    )
+    .await;
+    let v = assert_error(&resp, &body, 400, "invalid_task");
+    assert_eq!(v["field"], "callback_url", "{v}");
+    let (resp, body) = call(
+        &client(),
+        Method::POST,
+        &b.url("/"),
+        &[
+            ("prefer", "respond-async"),
+            ("x-callback-url", "http://evil.example/"),
+        ],
+        "",
+    )
+    .await;
+    let v = assert_error(&resp, &body, 400, "invalid_task");
+    assert_eq!(v["field"], "X-Callback-Url", "{v}");
 }

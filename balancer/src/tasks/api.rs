@@ -140,6 +140,8 @@ struct NewTask {
     timeout: Option<Duration>,
     delay: Option<Duration>,
     callback: Option<String>,
+    /// Where the callback URL came from, for error messages.
+    callback_field: &'static str,
     idempotency_key: Option<String>,
 }
 
@@ -285,6 +287,7 @@ impl Tasks {
             timeout: None,
             delay,
             callback,
+            callback_field: "X-Callback-Url",
             idempotency_key,
         };
         let mut resp = self.submit(task, prefer.wait).await?;
@@ -334,6 +337,7 @@ impl Tasks {
             timeout: env.timeout,
             delay: env.delay,
             callback: env.callback_url,
+            callback_field: "callback_url",
             idempotency_key,
         };
         self.submit(task, prefer.wait).await
@@ -348,7 +352,7 @@ impl Tasks {
     ) -> Result<Response<ResponseBody>, ApiError> {
         let store = self.store()?;
         if let Some(url) = &task.callback {
-            check_callback(url, &self.cfg.callback_allow)?;
+            check_callback(url, &self.cfg.callback_allow, task.callback_field)?;
         }
         let now = now_ms();
         let mut id = new_id(now, &mut rand::rng());
@@ -473,24 +477,22 @@ impl Tasks {
         let store = self.store()?;
         let mut fired = false;
         loop {
-            tokio::select! {
-                _ = &mut waiter.rx, if !fired => fired = true,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = tokio::time::sleep_until(deadline) => return Ok(None),
-            }
+            // Read first: a repeated submission may name a task that finished long ago.
             match store.view(id).await? {
                 Some(v) if v.status.is_terminal() => return self.result(id).await.map(Some),
                 Some(_) => {}
                 None => return Err(ApiError::NotFound),
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(None);
             }
             if fired {
                 // Woken for a state that was not final after all (e.g. a cancel racing a
                 // retry): wait for the next notification.
                 waiter = self.waiters.register(id);
                 fired = false;
+            }
+            tokio::select! {
+                _ = &mut waiter.rx, if !fired => fired = true,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
             }
         }
     }

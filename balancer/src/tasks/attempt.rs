@@ -101,15 +101,17 @@ impl Tasks {
         };
         if !self.selectable() {
             self.metrics.deferred.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = store
-                .defer(
-                    &entry.id,
-                    &task,
-                    now_ms() + NO_BACKEND_WAIT.as_millis() as u64,
-                )
-                .await
-            {
-                warn!("task {task}: could not put it back ({e}); its lease will lapse and it runs later");
+            let next = now_ms() + NO_BACKEND_WAIT.as_millis() as u64;
+            let ttl = self.cfg.result_ttl;
+            match store.defer(&entry.id, &task, next, now_ms(), ttl).await {
+                Ok(Change::Done(callback)) => {
+                    warn!("task {task}: dead: its last attempt's lease lapsed");
+                    self.finished(&task, Status::Dead, callback);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!("task {task}: could not put it back ({e}); it runs once its lease lapses")
+                }
             }
             return;
         }

@@ -40,7 +40,7 @@ impl Tasks {
     async fn deliver_callback(&self, id: &str, url: &str) {
         let Some(store) = &self.store else { return };
         // Checked again at send time: the allow-list may have changed since submission.
-        let (addr, path) = match check_callback(url, &self.cfg.callback_allow) {
+        let (addr, path) = match check_callback(url, &self.cfg.callback_allow, "X-Callback-Url") {
             Ok(x) => x,
             Err(e) => {
                 warn!("task {id}: callback to {url} not sent: {e}");

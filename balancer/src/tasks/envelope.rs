@@ -221,9 +221,13 @@ pub fn parse_delay_header(v: &HeaderValue) -> Result<Duration, Invalid> {
 }
 
 /// Checks a callback URL against the allow-list: `http://host[:port]/…`, host (or
-/// `host:port`) listed. Returns the `host:port` to connect to.
-pub fn check_callback(url: &str, allow: &[String]) -> Result<(String, PathAndQuery), Invalid> {
-    let field = "X-Callback-Url";
+/// `host:port`) listed. Returns the `host:port` to connect to. `field` names where the URL
+/// came from in the error (`X-Callback-Url` or `callback_url`).
+pub fn check_callback(
+    url: &str,
+    allow: &[String],
+    field: &str,
+) -> Result<(String, PathAndQuery), Invalid> {
     if allow.is_empty() {
         return Err(invalid(
             field,
@@ -333,17 +337,19 @@ mod tests {
     #[test]
     fn callbacks_only_to_allowed_hosts() {
         let allow = vec!["hooks.internal".to_string(), "10.0.0.1:8080".to_string()];
-        let (addr, path) = check_callback("http://Hooks.internal/done?x=1", &allow).unwrap();
+        let (addr, path) = check_callback("http://Hooks.internal/done?x=1", &allow, "f").unwrap();
         assert_eq!(
             (addr.as_str(), path.as_str()),
             ("hooks.internal:80", "/done?x=1")
         );
-        assert!(check_callback("http://10.0.0.1:8080/", &allow).is_ok());
-        assert!(check_callback("http://10.0.0.1:9090/", &allow).is_err());
-        assert!(check_callback("http://evil.example/", &allow).is_err());
-        assert!(check_callback("https://hooks.internal/", &allow).is_err());
-        assert!(check_callback("http://u:p@hooks.internal/", &allow).is_err());
-        assert!(check_callback("not a url", &allow).is_err());
-        assert!(check_callback("http://hooks.internal/", &[]).is_err());
+        assert!(check_callback("http://10.0.0.1:8080/", &allow, "X-Callback-Url").is_ok());
+        assert!(check_callback("http://10.0.0.1:9090/", &allow, "X-Callback-Url").is_err());
+        assert!(check_callback("http://evil.example/", &allow, "X-Callback-Url").is_err());
+        assert!(check_callback("https://hooks.internal/", &allow, "X-Callback-Url").is_err());
+        assert!(check_callback("http://u:p@hooks.internal/", &allow, "X-Callback-Url").is_err());
+        assert!(check_callback("not a url", &allow, "X-Callback-Url").is_err());
+        assert!(check_callback("http://hooks.internal/", &[], "X-Callback-Url").is_err());
+        let e = check_callback("http://evil.example/", &allow, "callback_url").unwrap_err();
+        assert_eq!(e.field, "callback_url");
     }
 }

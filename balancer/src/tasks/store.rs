@@ -396,17 +396,28 @@ impl Store {
     }
 
     /// Puts a queued task back for later without counting an attempt (no backend).
+    /// Puts a task back for later without counting an attempt (no backend); see
+    /// `lua/defer.lua` for an entry taken over from a lapsed lease.
     pub async fn defer(
         &self,
         entry: &str,
         task: &str,
         not_before_ms: u64,
-    ) -> Result<(), StoreError> {
-        let nb = not_before_ms.to_string();
-        let args: [&[u8]; 3] = [entry.as_bytes(), task.as_bytes(), nb.as_bytes()];
-        self.script("defer a task", &self.scripts.defer, &args)
-            .await
-            .map(|_| ())
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<Change, StoreError> {
+        let (nb, now, ttl) = (not_before_ms.to_string(), now_ms.to_string(), ms_str(ttl));
+        let args: [&[u8]; 5] = [
+            entry.as_bytes(),
+            task.as_bytes(),
+            nb.as_bytes(),
+            now.as_bytes(),
+            ttl.as_bytes(),
+        ];
+        let r = self
+            .script("defer a task", &self.scripts.defer, &args)
+            .await?;
+        change("defer a task", &r)
     }
 
     pub async fn cancel(
@@ -467,7 +478,7 @@ fn change(op: &'static str, r: &[Value]) -> Result<Change, StoreError> {
     match text(r.first()).as_deref() {
         Some("done") | Some("cancelled") => Ok(Change::Done(text(r.get(1)).unwrap_or_default())),
         Some("queued") => Ok(Change::Queued),
-        Some("conflict") | Some("stale") => {
+        Some("conflict") | Some("stale") | Some("skip") => {
             Ok(Change::Conflict(text(r.get(1)).unwrap_or_default()))
         }
         Some("missing") => Ok(Change::Missing),

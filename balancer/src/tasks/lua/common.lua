@@ -42,3 +42,19 @@ local function requeue(t, id, next_ms, entry)
   release(entry)
 end
 
+-- A task found `running` by someone who took over its stream entry: the holder's lease
+-- lapsed (balancer gone or stalled), and its attempt counts. Records that and, if it was
+-- the last attempt, makes the task dead (returns true).
+local function lapsed(t, id, entry, now, ttl_ms)
+  local prev = redis.call('HGET', t, 'worker') or '?'
+  redis.call('HSET', t, 'last_error', 'lease held by ' .. prev .. ' lapsed (balancer gone or stalled)')
+  local max = tonumber(redis.call('HGET', t, 'max_attempts')) or 1
+  if (tonumber(redis.call('HGET', t, 'attempts')) or 0) >= max then
+    move(id, 'running', 'dead')
+    finish(t, id, 'dead', now, ttl_ms)
+    release(entry)
+    return true
+  end
+  return false
+end
+

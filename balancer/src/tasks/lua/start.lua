@@ -16,12 +16,7 @@ end
 local max = tonumber(redis.call('HGET', t, 'max_attempts')) or 1
 if st == 'running' then
   -- Claimed after its lease lapsed: the previous attempt's balancer stopped renewing it.
-  local prev = redis.call('HGET', t, 'worker') or '?'
-  redis.call('HSET', t, 'last_error', 'lease held by ' .. prev .. ' lapsed (balancer gone or stalled)')
-  if (tonumber(redis.call('HGET', t, 'attempts')) or 0) >= max then
-    move(id, 'running', 'dead')
-    finish(t, id, 'dead', now, ARGV[6])
-    release(entry)
+  if lapsed(t, id, entry, now, ARGV[6]) then
     return {'dead', redis.call('HGET', t, 'callback') or ''}
   end
 else
