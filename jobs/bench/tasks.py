@@ -5,9 +5,10 @@ Sub-commands:
 
   latency --base URL --n N --gap-ms G --samples FILE
       submit N tasks one at a time (GET / with `Prefer: respond-async`, a gap of
-      G ms between them), wait until all are terminal, read their time stamps
-      with GET /_tasks/{id}; print key=value lines (submit->finish p50/p99 ...)
-      and write the per-task submit->finish ms to FILE.
+      G ms after each), wait until all are terminal, read their time stamps
+      with GET /_tasks/{id}; then N more with `Prefer: respond-async, wait=10`
+      timed by the client until the result arrives. Print key=value lines
+      (submit->finish p50/p99 ...); write the per-task submit->finish ms to FILE.
   burst --base URL --since-ms MS
       walk GET /_tasks?limit=1000&cursor=... (newest first) over the tasks
       submitted at or after MS; print key=value lines (count, rates from the
@@ -123,13 +124,24 @@ def cmd_latency(a):
         lat.append(fin - sub)
         if start is not None:
             queue.append(start - sub)
+    # The same, but each client waits for its result (`Prefer: wait`): the latency as a
+    # client sees it, with a precise clock, including the wake-up and the result replay.
+    waited = []
+    for _ in range(a.n):
+        t0 = time.perf_counter()
+        status, body = c.request("GET", "/", {"Prefer": "respond-async, wait=10"})
+        waited.append((time.perf_counter() - t0) * 1000)
+        if status != 200 or body != b"ok":
+            die(f"Prefer: wait: HTTP {status} {body[:100]!r} (wanted the origin's 200 ok)")
+        time.sleep(a.gap_ms / 1000)
     with open(a.samples, "w") as f:
         f.write("".join(f"{x}\n" for x in lat))
     kv(latency_n=len(ids), latency_not_succeeded=bad,
        latency_p50_ms=float(pct(lat, 50)), latency_p99_ms=float(pct(lat, 99)),
        latency_max_ms=float(max(lat)), latency_mean_ms=statistics.fmean(lat),
        latency_queue_p50_ms=float(pct(queue, 50)) if queue else float("nan"),
-       latency_submit_rtt_p50_ms=pct(rtts, 50), latency_submit_rtt_p99_ms=pct(rtts, 99))
+       latency_submit_rtt_p50_ms=pct(rtts, 50), latency_submit_rtt_p99_ms=pct(rtts, 99),
+       latency_wait_p50_ms=pct(waited, 50), latency_wait_p99_ms=pct(waited, 99))
 
 
 def cmd_burst(a):
@@ -201,6 +213,61 @@ def read_meta(path):
     return out
 
 
+def method(meta):
+    """How each figure is measured, with this run's parameters (meta keys p.NAME)."""
+    p = {k[2:]: v for k, v in meta.items() if k.startswith("p.")}
+    c, d, bal, load = p.get("CONNS"), p.get("DURATION"), p.get("BAL_CPU"), p.get("LOAD_CPU")
+    return [
+        "Parameters: " + " ".join(f"{k}={v!r}" if " " in v or not v else f"{k}={v}"
+                                  for k, v in p.items()) + ".",
+        f"Pinning: the balancer on CPU {bal} (`taskset`, so it runs a current-thread runtime); "
+        f"redis-server, the nginx origin (1 worker, `return 200 \"ok\"`), wrk and the Python "
+        f"client share CPU {load}. Redis runs without persistence (`--save '' --appendonly no`"
+        f"{' ' + p['REDIS_ARGS'] if p.get('REDIS_ARGS') else ''}, otherwise defaults) "
+        "and is flushed whenever a balancer stops. Each round starts one balancer for A+B and "
+        "a fresh one (new APP_IDENTIFIER) for D+C.",
+        f"**A** plain: `wrk -t1 -c{c} -d{d} --latency /` after a {p.get('WARMUP')} warm-up run.",
+        f"**B** submissions: the same with `-H 'Prefer: respond-async'`; the workers run the "
+        "tasks meanwhile (submit_completed_during). submit_accepted = 2xx answers counted by "
+        "wrk; submit_stored = growth of ZCARD idx:all 0.5 s after wrk ended (answers in flight "
+        f"when wrk stops are stored but not counted, so stored may exceed accepted by up to "
+        f"{c}); submit_lost = accepted but not stored.",
+        f"**D** latency on an idle system: {p.get('LAT_TASKS')} tasks one at a time on one "
+        f"keep-alive connection, {p.get('LAT_GAP_MS')} ms pause after each; latency = "
+        "finished_at - submitted_at from GET /_tasks/{id} (the balancer's clock, 1 ms "
+        "resolution: p50 values are whole ms); queue = started_at - submitted_at; submit_rtt = "
+        "client time to the 202. latency_wait_* = the same number of tasks sent with "
+        "`Prefer: respond-async, wait=10`, timed by the client until the stored result arrives "
+        "(includes the pub/sub wake-up and the result replay; µs resolution).",
+        f"**C** completions: a burst of {p.get('BURST')} tasks from `wrk -t1 -c{c} -s "
+        "jobs/bench/tasks-burst.lua` (stops after that many answers; the requests still in "
+        "flight are stored too, hence burst_n), then ZCARD idx:queued + idx:running polled "
+        "every 0.05 s until 0. Rates from the tasks' own time stamps (GET /_tasks listing): "
+        "completion_rps = burst_n / (first submitted -> last finished), i.e. burst start until "
+        "all terminal, submissions and executions sharing the balancer's CPU; burst_submit_rps = "
+        "burst_n / (first -> last submitted); drain_rps = tasks finished after the last "
+        "submission / (last submitted -> last finished), the workers alone.",
+        "Memory: Redis INFO used_memory once the burst is all terminal minus just before it, "
+        "per task stored (task hashes with request and response, index entries, stream "
+        "leftovers), scaled to 10k; task_hash_bytes = MEMORY USAGE of one finished task hash; "
+        "stream_len_after = XLEN of the stream (entries are deleted when their task ends).",
+        "CPU: cpu_*_pct = utime+stime of the process over the phase, % of one CPU "
+        "(cpu_loadgen = wrk, Python and redis-cli: children of the script); *_us_per_op = "
+        "that CPU time / operations (A requests, B tasks stored, C burst tasks). Softirq time "
+        "(loopback TCP) is not in utime+stime; core_bal_busy_pct / core_load_busy_pct are the "
+        "whole busy share of the balancer's and the load CPU (/proc/stat, every process, irq "
+        "and softirq included): near 100 means that core is the bottleneck. drain_* = the same "
+        "from the last burst answer until all tasks are terminal (workers alone, plus up to "
+        "0.1 s of polling slack).",
+        f"Noise: the machine is shared with other engineers' builds and tests. Before each "
+        f"round the script waits up to {p.get('QUIET_WAIT')} s for other processes to use <= "
+        f"{p.get('QUIET_PCT')}% of all CPUs (quiet_wait_s, other_load_at_start_pct); "
+        "other_load_pct = CPU used during the phase by processes that are not part of the "
+        "benchmark, as % of all CPUs. A busy CPU delays every hop of a task (Redis call, "
+        "backend call) and lowers every rate here.",
+    ]
+
+
 def cmd_report(a):
     with open(a.csv) as f:
         rows = list(csv.DictReader(f))
@@ -244,9 +311,9 @@ def cmd_report(a):
     md = ["# Task submissions benchmark", ""]
     date = dict(meta).get("date", "?")
     md += [f"Generated by `jobs/bench-tasks.sh` on {date}. Median over {len(rounds)} round(s); "
-           "each round runs phases A–D back to back, so every ratio compares rates measured "
-           "minutes apart at most on the same processes and pinning. Ratios are medians of the "
-           "per-round ratios.", ""]
+           "each round runs A, B, D, C back to back (about a minute), so a ratio compares rates "
+           "measured close together with the same pinning; ratios are medians of the per-round "
+           "ratios. The machine is shared: see other_load_pct per phase below.", ""]
     md += ["| metric | median | per round | × plain GET/s | target | result |",
            "|---|---:|---|---:|---|---|"]
     verdicts = []
@@ -263,6 +330,22 @@ def cmd_report(a):
                       f"{'PASS' if ok_rat else 'FAIL'} (ratio)")
             verdicts.append((label, ok_abs, ok_rat))
         md.append(f"| {label} | {fmt(v)} | {per} | {fmt(rv) + '×' if rv else ''} | {target} | {result} |")
+    md += ["", "Where the CPU goes: CPU time per operation (utime+stime of the process over the "
+           "phase / its operations; less sensitive to a busy machine than the rates; “if alone” = "
+           "1e6 / µs) and how busy each core was (all processes, irq and softirq included; a core "
+           "near 100% is the bottleneck). Balancer core = CPU the balancer is pinned to; load "
+           "core = redis, nginx, wrk.", "",
+           "| phase | operation | balancer µs/op | balancer if alone /s | redis µs/op | "
+           "balancer core busy % | load core busy % |", "|---|---|---:|---:|---:|---:|---:|"]
+    for ph, op, pre in (("A", "plain proxied GET", ""),
+                        ("B", "submission (the balancer also ran the tasks finished meanwhile)", ""),
+                        ("C", "task of the burst: submitted, run, recorded", ""),
+                        ("C", "… drain only (last answer → all terminal)", "drain_")):
+        b = med.get(f"{ph}:balancer_us_per_op") if not pre else None
+        r = med.get(f"{ph}:redis_us_per_op") if not pre else None
+        md.append(f"| {ph} | {op} | {fmt(b) if b else ''} | {fmt(1e6 / b) if b else ''} | "
+                  f"{fmt(r) if r and ph != 'A' else ''} | {fmt(med.get(f'{ph}:{pre}core_bal_busy_pct'))} | "
+                  f"{fmt(med.get(f'{ph}:{pre}core_load_busy_pct'))} |")
     md += [""]
     if os.path.exists(a.png or ""):
         md += [f"![rates and latency]({os.path.basename(a.png)})", ""]
@@ -279,9 +362,9 @@ def cmd_report(a):
         ph, m = key.split(":")
         md.append(f"| {ph} | {m}_vs_plain | ratio | {fmt(rmed[key])} | "
                   + ", ".join(fmt(per.get(r)) for r in rounds) + " |")
-    md += ["", "## Environment and method", ""]
-    md += [f"- **{k}**: {v}" for k, v in meta if k != "date"]
-    md += [""]
+    md += ["", "## Environment", ""]
+    md += [f"- **{k}**: {v}" for k, v in meta if k != "date" and not k.startswith("p.")]
+    md += ["", "## Method", ""] + [f"- {line}" for line in method(dict(meta))] + [""]
     with open(a.md, "w") as f:
         f.write("\n".join(md))
     for label, ok_abs, ok_rat in verdicts:
@@ -307,7 +390,7 @@ def write_png(a, data, med, rounds):
         ax1.bar(i, v, color=["#888888", "#4c72b0", "#55a868"][i], width=0.6)
         pts = [data.get(key, {}).get(r) for r in rounds]
         ax1.plot([i] * len(pts), pts, "k.", ms=6)
-        ax1.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=9)
+        ax1.text(i - 0.28, v, f"{v:,.0f}", ha="left", va="bottom", fontsize=9)
         if abs_t:
             ax1.hlines(abs_t, i - 0.4, i + 0.4, colors="red", lw=2,
                        label="absolute target" if i == 1 else None)
