@@ -26,6 +26,10 @@ use super::{notify, now_ms, Tasks};
 /// Most entries read or claimed at once.
 const MAX_BATCH: usize = 64;
 const PROMOTE_EVERY: Duration = Duration::from_millis(100);
+/// Delayed tasks moved per script call (one short Redis script each)...
+const PROMOTE_BATCH: usize = 500;
+/// ... and at most this many calls per tick.
+const PROMOTE_MAX_BATCHES: usize = 100;
 const STATS_EVERY: Duration = Duration::from_secs(1);
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Consumers idle this long with nothing pending are removed from the group.
@@ -250,6 +254,18 @@ impl Tasks {
         }
     }
 
+    /// Moves due delayed tasks onto the stream, in batches until none is left (a burst of
+    /// retries or delayed tasks becomes runnable at once, not at one batch per tick).
+    async fn promote_due(&self, store: &Store) {
+        for _ in 0..PROMOTE_MAX_BATCHES {
+            match store.promote(now_ms(), PROMOTE_BATCH).await {
+                Ok(n) if n < PROMOTE_BATCH as u64 => return,
+                Ok(_) => tokio::task::yield_now().await,
+                Err(e) => return self.redis_state(Err(&e)),
+            }
+        }
+    }
+
     async fn housekeeping(&self, store: &Store) {
         let mut stop = self.shutdown.clone();
         let mut promote = tokio::time::interval(PROMOTE_EVERY);
@@ -261,11 +277,7 @@ impl Tasks {
         }
         loop {
             tokio::select! {
-                _ = promote.tick() => match store.promote(now_ms(), 1000).await {
-                    Ok(0) => {}
-                    Ok(n) => debug!("tasks: {n} delayed tasks due"),
-                    Err(e) => self.redis_state(Err(&e)),
-                },
+                _ = promote.tick() => self.promote_due(store).await,
                 _ = stats.tick() => {
                     let s = store.stats().await;
                     self.shared.task_queue_depth.store(
