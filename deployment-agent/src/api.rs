@@ -44,7 +44,7 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 pub struct ApiState {
     pub token: Option<String>,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
-    pub queue: watch::Receiver<QueueFrame>,
+    pub queue: watch::Receiver<Option<QueueFrame>>,
     pub reports: Arc<Reports>,
     pub store: Store,
     pub commands: mpsc::Sender<Command>,
@@ -144,10 +144,15 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Resp {
             r
         }
         ("/stats", true) => stats(&state.snapshot.borrow()),
-        ("/queue", true) => {
-            let text = state.queue.borrow().text.clone();
-            raw_json(StatusCode::OK, Bytes::copy_from_slice(text.as_bytes()))
-        }
+        ("/queue", true) => match state.queue.borrow().as_ref().map(|f| f.text.clone()) {
+            Some(text) => raw_json(StatusCode::OK, Bytes::copy_from_slice(text.as_bytes())),
+            None => raw_json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Bytes::from_static(
+                    br#"{"error":"not_observed","message":"the agent has not listed the pool yet; no queue is published"}"#,
+                ),
+            ),
+        },
         ("/events", true) => events(req.uri().query(), state).await,
         ("/health", true) => health(&state.snapshot.borrow(), &state.reports),
         ("/metrics", true) => metrics(&state.snapshot.borrow(), &state.reports),

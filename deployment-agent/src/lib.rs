@@ -78,16 +78,8 @@ pub async fn run(
     // Connecting is lazy: Redis may be down now; the control loop retries every tick.
     let store = store::Store::connect(&cfg.redis_url(), &cfg.app).await?;
 
-    let empty = QueueFrame {
-        version: 0,
-        text: protocol::Message::Queue(protocol::Queue {
-            version: 0,
-            items: Vec::new(),
-        })
-        .encode()
-        .into(),
-    };
-    let (queue_tx, queue_rx) = watch::channel(empty);
+    // Nothing to publish until the control loop has observed the pool.
+    let (queue_tx, queue_rx) = watch::channel::<Option<QueueFrame>>(None);
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let reports = Arc::new(Reports::default());

@@ -176,7 +176,7 @@ pub struct PushConfig {
 pub async fn serve(
     listener: TcpListener,
     cfg: PushConfig,
-    queue: watch::Receiver<QueueFrame>,
+    queue: watch::Receiver<Option<QueueFrame>>,
     reports: Arc<Reports>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -251,7 +251,7 @@ async fn subscriber(
     stream: TcpStream,
     peer: String,
     cfg: PushConfig,
-    mut queue: watch::Receiver<QueueFrame>,
+    mut queue: watch::Receiver<Option<QueueFrame>>,
     reports: Arc<Reports>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -283,9 +283,12 @@ async fn subscriber(
     let reason = loop {
         tokio::select! {
             _ = keepalive.tick() => {
-                let text = queue.borrow_and_update().text.clone();
-                if let Err(e) = sink.send(WsMessage::text(text.as_ref())).await {
-                    break format!("send failed: {e}");
+                // Nothing before the pool has been observed (see `Outputs::queue`).
+                let text = queue.borrow_and_update().as_ref().map(|f| f.text.clone());
+                if let Some(text) = text {
+                    if let Err(e) = sink.send(WsMessage::text(text.as_ref())).await {
+                        break format!("send failed: {e}");
+                    }
                 }
             }
             changed = queue.changed() => {
@@ -297,11 +300,13 @@ async fn subscriber(
                     }
                     break "agent stopping".to_string();
                 }
-                let text = queue.borrow_and_update().text.clone();
-                if let Err(e) = sink.send(WsMessage::text(text.as_ref())).await {
-                    break format!("send failed: {e}");
+                let text = queue.borrow_and_update().as_ref().map(|f| f.text.clone());
+                if let Some(text) = text {
+                    if let Err(e) = sink.send(WsMessage::text(text.as_ref())).await {
+                        break format!("send failed: {e}");
+                    }
+                    keepalive.reset();
                 }
-                keepalive.reset();
             }
             incoming = source.next() => match incoming {
                 None => break "connection closed".to_string(),

@@ -97,7 +97,8 @@ struct Tracked {
 
 /// Channels the loop publishes on.
 pub struct Outputs {
-    pub queue: watch::Sender<QueueFrame>,
+    /// `None` until the pool has been observed: subscribers get nothing before that.
+    pub queue: watch::Sender<Option<QueueFrame>>,
     pub snapshot: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -116,6 +117,9 @@ pub struct Controller {
     image_ready: bool,
     docker_ok: bool,
     redis_ok: bool,
+    /// Docker has listed the pool at least once: nothing is published before (a queue built
+    /// from nothing would take every backend away from the balancers).
+    observed: bool,
     restored: bool,
     removals: JoinSet<(String, String, Result<(), DockerError>)>,
     events: VecDeque<Event>,
@@ -154,6 +158,7 @@ impl Controller {
             docker_ok: true,
             redis_ok: true,
             restored: false,
+            observed: false,
             removals: JoinSet::new(),
             events: VecDeque::new(),
             unsaved_events: VecDeque::new(),
@@ -217,7 +222,7 @@ impl Controller {
     async fn tick(&mut self) {
         let now = now_ms();
         if !self.restored && !self.restore().await {
-            self.publish(now);
+            self.without_redis(now).await;
             return;
         }
         self.ensure_image().await;
@@ -230,6 +235,7 @@ impl Controller {
                     info!("docker engine reachable again");
                     self.docker_ok = true;
                 }
+                self.observed = true;
                 Some(observed)
             }
             Ok(Err(e)) => {
@@ -254,6 +260,62 @@ impl Controller {
         self.publish(now);
         self.persist().await;
         self.snapshot(now);
+    }
+
+    /// A round while Redis has not answered since the start: the saved state (desired size,
+    /// records, SUNDOWN decisions) is unknown, so nothing is created, removed or scaled. But
+    /// the app keeps being served: the labelled containers Docker lists are adopted, probed,
+    /// scored and published, so balancers never lose backends that are running.
+    async fn without_redis(&mut self, now: Millis) {
+        let listed = tokio::time::timeout(LIST_TIMEOUT, self.docker.list_ours(&self.cfg.app)).await;
+        let observed = match listed {
+            Ok(Ok(observed)) => observed,
+            Ok(Err(e)) => return self.docker_down(&e.to_string()),
+            Err(_) => {
+                return self.docker_down(&format!("listing containers took over {LIST_TIMEOUT:?}"))
+            }
+        };
+        self.docker_ok = true;
+        self.observed = true;
+        let known: Vec<Container> = self.pool.values().map(|t| t.c.clone()).collect();
+        let plan = lifecycle::plan(
+            self.desired,
+            &known,
+            &observed,
+            now,
+            ms(self.cfg.ready_timeout),
+        );
+        for o in plan.adopt {
+            self.adopt(&o).await;
+        }
+        self.score(now).await;
+        self.readiness(now).await;
+        self.publish(now);
+        self.snapshot(now);
+    }
+
+    /// Starts tracking a running labelled container the agent has no record of (as INIT).
+    async fn adopt(&mut self, o: &Observed) {
+        let c = Container {
+            id: o.id.clone(),
+            name: o.name.clone(),
+            address: o.address.clone().unwrap_or_default(),
+            image: o.image.clone(),
+            category: Category::Init,
+            scores: None,
+            created_ms: o.created_ms,
+            ready_ms: None,
+            scored_ms: None,
+            sundown_ms: None,
+            sundown_version: None,
+        };
+        self.event(
+            "container_adopted",
+            format!("adopted running container {} found in docker", o.name),
+            serde_json::json!({ "id": o.id, "name": o.name }),
+        )
+        .await;
+        self.track(c);
     }
 
     /// Loads the desired count and the container records from Redis (once, at start).
@@ -381,26 +443,7 @@ impl Controller {
             .collect();
         let plan = lifecycle::plan(self.desired, &known, &live, now, ms(self.cfg.ready_timeout));
         for o in plan.adopt {
-            let c = Container {
-                id: o.id.clone(),
-                name: o.name.clone(),
-                address: o.address.clone().unwrap_or_default(),
-                image: o.image.clone(),
-                category: Category::Init,
-                scores: None,
-                created_ms: o.created_ms,
-                ready_ms: None,
-                scored_ms: None,
-                sundown_ms: None,
-                sundown_version: None,
-            };
-            self.event(
-                "container_adopted",
-                format!("adopted running container {} found in docker", o.name),
-                serde_json::json!({ "id": o.id, "name": o.name }),
-            )
-            .await;
-            self.track(c);
+            self.adopt(&o).await;
         }
         for id in plan.forget {
             if let Some(t) = self.pool.remove(&id) {
@@ -785,6 +828,9 @@ impl Controller {
 
     /// Builds the queue from the pool; publishes a new version when anything changed.
     fn publish(&mut self, now: Millis) {
+        if !self.observed {
+            return;
+        }
         let mut items: Vec<QueueItem> = self
             .pool
             .values()
@@ -813,15 +859,16 @@ impl Controller {
         let text: Arc<str> = Message::Queue(Queue {
             version: self.version,
             items: items.clone(),
+            observed: true,
         })
         .encode()
         .into();
         debug!("publishing queue v{} ({} items)", self.version, items.len());
         self.published = items;
-        self.out.queue.send_replace(QueueFrame {
+        self.out.queue.send_replace(Some(QueueFrame {
             version: self.version,
             text,
-        });
+        }));
     }
 
     async fn persist(&mut self) {

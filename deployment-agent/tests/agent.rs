@@ -831,3 +831,80 @@ async fn redis_restart_is_survived_and_state_resaved() {
     assert!(frames.iter().all(|n| *n == 2 || *n == 3), "{frames:?}");
     assert!(max_gap <= Duration::from_millis(2500), "{max_gap:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_started_without_redis_publishes_the_running_pool() {
+    let Some(mut w) = World::new().await else {
+        return;
+    };
+    let env = w.env.clone().set("DEFAULT_CONTAINER", 2);
+    let (ws_port, http_port) = (common::free_port(), common::free_port());
+    let log = std::env::temp_dir().join(format!("{}-agent.log", env.app));
+    let mut first = AgentProcess::start(&env, ws_port, http_port, log.clone());
+    let http = first.http.clone();
+    let rows = wait_scored_pool(&http, 2, Duration::from_secs(60)).await;
+    let pool = ids(&rows.iter().collect::<Vec<_>>());
+    wait_saved(&w.store().await, &pool, 2).await;
+
+    // The agent dies and comes back while Redis is down: the app keeps running, and the
+    // balancers must get the running pool, never an empty queue.
+    first.kill9();
+    w.redis.stop();
+    let second = AgentProcess::start(&env, ws_port, http_port, log.clone());
+    let mut ws = eventually("a websocket", Duration::from_secs(10), POLL, || async {
+        common::agent::ws_connect(&second.ws, None)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let first_frame = next_queue(&mut ws, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", second.log_tail(30)));
+    assert!(first_frame.observed, "{first_frame:?}");
+    assert!(
+        !first_frame.items.is_empty(),
+        "the first queue after a start without Redis is empty\n{}",
+        second.log_tail(30)
+    );
+    let until = Instant::now() + Duration::from_secs(12);
+    let mut last = first_frame;
+    while Instant::now() < until {
+        if let Ok(q) = next_queue(&mut ws, Duration::from_secs(3)).await {
+            assert!(
+                queue_ids(&q).is_subset(&pool) && !q.items.is_empty(),
+                "queue v{} without Redis: {:?}",
+                q.version,
+                queue_ids(&q)
+            );
+            last = q;
+        }
+        let listed: BTreeSet<String> = labelled_containers(&env.app).into_iter().collect();
+        assert_eq!(listed, pool, "nothing created or removed without Redis");
+    }
+    assert_eq!(
+        queue_ids(&last),
+        pool,
+        "both running containers are published"
+    );
+
+    // Redis is back: the saved state is restored, the same pool carries on.
+    w.redis.resume();
+    eventually(
+        "restored after Redis came back",
+        Duration::from_secs(30),
+        POLL,
+        || async {
+            let h = get_json(&http, "/health").await?;
+            let rows = stats(&http).await?;
+            let ready = ids(&active_ready(&rows));
+            if h["desired"] == 2 && ready == pool {
+                Ok(())
+            } else {
+                Err(format!("health {h}, ready {ready:?}"))
+            }
+        },
+    )
+    .await;
+    drop(second);
+    let _ = std::fs::remove_file(log);
+}

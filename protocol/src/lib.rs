@@ -76,6 +76,12 @@ pub struct QueueItem {
 pub struct Queue {
     pub version: u64,
     pub items: Vec<QueueItem>,
+    /// The agent built this list from the pool it has listed (Docker) in this run, so an
+    /// empty `items` means no app container is running. Receivers never let a queue without
+    /// it empty a non-empty backend table (an agent that has not observed anything yet, or
+    /// one from before this field, must not take every backend away).
+    #[serde(default)]
+    pub observed: bool,
 }
 
 /// What one balancer observed for one backend during the last report interval.
@@ -151,6 +157,15 @@ mod tests {
     }
 
     #[test]
+    fn observed_defaults_to_false() {
+        let Ok(Message::Queue(q)) = Message::decode(r#"{"type":"queue","version":1,"items":[]}"#)
+        else {
+            panic!("not a queue")
+        };
+        assert!(!q.observed);
+    }
+
+    #[test]
     fn unknown_fields_are_ignored() {
         let text = r#"{"type":"queue","version":1,"extra":true,"items":[
           {"id":"a","name":"n","address":"h:1","score":1,"category":"SUNDOWN","cpu":3}]}"#;
@@ -171,6 +186,7 @@ mod tests {
     fn round_trips() {
         let msgs = [
             Message::Queue(Queue {
+                observed: true,
                 version: 7,
                 items: vec![QueueItem {
                     id: "id".into(),
