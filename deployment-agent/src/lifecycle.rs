@@ -74,6 +74,17 @@ pub fn drain_status(
     match c.sundown_version {
         None => busy.push("its SUNDOWN queue is not published yet".to_string()),
         Some(version) => {
+            // Connected when SUNDOWN went out, gone now: it may still route to the container
+            // (and reconnect with requests in flight). Wait for it to report again.
+            for gone in c
+                .sundown_balancers
+                .iter()
+                .filter(|name| !balancers.iter().any(|b| &b.balancer == *name))
+            {
+                busy.push(format!(
+                    "{gone} was connected when SUNDOWN was published and has not reported since"
+                ));
+            }
             for b in balancers {
                 if b.queue_version < version {
                     busy.push(format!(
@@ -202,6 +213,7 @@ mod tests {
             scored_ms: None,
             sundown_ms: None,
             sundown_version: None,
+            sundown_balancers: Vec::new(),
         }
     }
 
@@ -209,6 +221,7 @@ mod tests {
         Container {
             sundown_ms: Some(at),
             sundown_version: Some(version),
+            sundown_balancers: Vec::new(),
             ..container("s", Category::Sundown)
         }
     }
@@ -289,6 +302,44 @@ mod tests {
             let got = drain_status(&c, views, *now, 30_000, 1_000);
             let ok = match (*want, &got) {
                 ("drained", d) => drained(d),
+                ("timed out", d) => *d == DrainStatus::TimedOut,
+                (w, DrainStatus::Waiting(reason)) => reason.contains(w),
+                _ => false,
+            };
+            assert!(ok, "{views:?} at {now}: want {want}, got {got:?}");
+        }
+    }
+
+    #[test]
+    fn drain_waits_for_balancers_that_left_since_sundown() {
+        // b1 and b2 were connected when SUNDOWN (v7) went out; b2 has gone since.
+        let c = Container {
+            sundown_balancers: vec!["b1".into(), "b2".into()],
+            ..sundown(10_000, 7)
+        };
+        let table: &[(&[BalancerView], Millis, &str)] = &[
+            (&[view("b1", 7, 0)], 20_000, "b2 was connected"),
+            // b2 is back and reports v7 with nothing in flight: drained.
+            (&[view("b1", 7, 0), view("b2", 7, 0)], 20_000, "drained"),
+            // Back with requests still running on it: wait.
+            (
+                &[view("b1", 7, 0), view("b2", 7, 2)],
+                20_000,
+                "b2 has 2 in flight",
+            ),
+            // A balancer that never comes back only holds the drain until the timeout.
+            (&[view("b1", 7, 0)], 40_000, "timed out"),
+            // A balancer that connected later is judged by its reports as usual.
+            (
+                &[view("b1", 7, 0), view("b2", 8, 0), view("b3", 8, 0)],
+                20_000,
+                "drained",
+            ),
+        ];
+        for (views, now, want) in table {
+            let got = drain_status(&c, views, *now, 30_000, 1_000);
+            let ok = match (*want, &got) {
+                ("drained", DrainStatus::Drained(_)) => true,
                 ("timed out", d) => *d == DrainStatus::TimedOut,
                 (w, DrainStatus::Waiting(reason)) => reason.contains(w),
                 _ => false,

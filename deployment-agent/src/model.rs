@@ -50,6 +50,10 @@ pub struct Container {
     pub sundown_ms: Option<Millis>,
     /// Queue version that first published it as SUNDOWN (drain waits for reports at or above it).
     pub sundown_version: Option<u64>,
+    /// Balancers (report ids) connected when that version went out: the drain also waits for
+    /// those that have disconnected since (they may still route to it) until they report
+    /// again or the drain times out.
+    pub sundown_balancers: Vec<String>,
 }
 
 impl Container {

@@ -308,6 +308,7 @@ impl Controller {
             scored_ms: None,
             sundown_ms: None,
             sundown_version: None,
+            sundown_balancers: Vec::new(),
         };
         self.event(
             "container_adopted",
@@ -544,6 +545,7 @@ impl Controller {
                         scored_ms: None,
                         sundown_ms: None,
                         sundown_version: None,
+                        sundown_balancers: Vec::new(),
                     });
                 }
                 Err(DockerError::NameInUse { .. }) => {
@@ -749,10 +751,7 @@ impl Controller {
             .map(|t| (t.c.id.clone(), t.c.clone()))
             .collect();
         for (id, c) in candidates {
-            // Not yet published as SUNDOWN: the balancers may not know yet.
-            if c.sundown_version.is_none() {
-                continue;
-            }
+            // (Not yet published as SUNDOWN: `drain_status` waits, up to the drain timeout.)
             let views = self.reports.views_for(&id);
             match lifecycle::drain_status(
                 &c,
@@ -851,9 +850,19 @@ impl Controller {
         }
         // Wall-clock milliseconds as the floor keeps versions increasing across restarts.
         self.version = (self.version + 1).max(now);
+        // The balancers (that have reported) this version reaches: a SUNDOWN published now
+        // also waits for those among them that disconnect before it is drained.
+        let reporting: Vec<String> = self
+            .reports
+            .subscribers()
+            .into_iter()
+            .filter(|(_, _, last)| last.is_some())
+            .map(|(name, _, _)| name)
+            .collect();
         for t in self.pool.values_mut() {
             if t.c.category == Category::Sundown && t.c.sundown_version.is_none() {
                 t.c.sundown_version = Some(self.version);
+                t.c.sundown_balancers = reporting.clone();
             }
         }
         let text: Arc<str> = Message::Queue(Queue {

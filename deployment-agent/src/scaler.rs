@@ -236,6 +236,7 @@ mod tests {
             scored_ms: overall.map(|_| created_ms),
             sundown_ms: None,
             sundown_version: None,
+            sundown_balancers: Vec::new(),
         }
     }
 

@@ -16,7 +16,7 @@
 //! Container hash fields: `id`, `name`, `address`, `image`, `category` (`INIT`, `LU`, `MU`,
 //! `HU`, `SUNDOWN`), `created_ms`; when scored, all five of `cpu_score`, `memory_score`,
 //! `network_score`, `availability_score`, `overall_score` (decimal `f64`); and, when set,
-//! `ready_ms`, `scored_ms`, `sundown_ms`, `sundown_version`. An absent option is an absent
+//! `ready_ms`, `scored_ms`, `sundown_ms`, `sundown_version`, `sundown_balancers` (one id per line). An absent option is an absent
 //! field: a save replaces the whole hash (`DEL` + `HSET` + `SADD` in one `MULTI`/`EXEC`), so
 //! fields cleared in memory are cleared in Redis too.
 //!
@@ -387,6 +387,10 @@ fn container_fields(c: &Container) -> Vec<(&'static str, String)> {
             .into_iter()
             .filter_map(|(name, v)| v.map(|v| (name, v.to_string()))),
     );
+    if !c.sundown_balancers.is_empty() {
+        // One id per line: ids are host names or configured names, never multi-line.
+        fields.push(("sundown_balancers", c.sundown_balancers.join("\n")));
+    }
     fields
 }
 
@@ -452,6 +456,10 @@ fn container_from_fields(id: &str, f: &HashMap<String, String>) -> Result<Contai
         scored_ms: number(f, "scored_ms")?,
         sundown_ms: number(f, "sundown_ms")?,
         sundown_version: number(f, "sundown_version")?,
+        sundown_balancers: f
+            .get("sundown_balancers")
+            .map(|v| v.lines().map(str::to_owned).collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -478,6 +486,7 @@ mod tests {
             scored_ms: None,
             sundown_ms: None,
             sundown_version: Some(42),
+            sundown_balancers: vec!["bal-1".into(), "bal-2".into()],
         }
     }
 
@@ -496,6 +505,7 @@ mod tests {
             scores: None,
             ready_ms: None,
             sundown_version: None,
+            sundown_balancers: Vec::new(),
             category: Category::Init,
             ..c
         };

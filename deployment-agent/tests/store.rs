@@ -27,6 +27,7 @@ fn container(id: &str, created_ms: u64) -> Container {
         scored_ms: Some(created_ms + 20),
         sundown_ms: Some(created_ms + 30),
         sundown_version: Some(7),
+        sundown_balancers: vec!["bal-1".to_owned(), "bal 2".to_owned()],
     }
 }
 
@@ -69,6 +70,7 @@ async fn container_round_trips_with_and_without_optional_fields() {
         scored_ms: None,
         sundown_ms: None,
         sundown_version: None,
+        sundown_balancers: Vec::new(),
         address: String::new(),
         ..container("b2", 2_000)
     };
@@ -85,6 +87,7 @@ async fn container_round_trips_with_and_without_optional_fields() {
         scores: None,
         sundown_ms: None,
         sundown_version: None,
+        sundown_balancers: Vec::new(),
         category: Category::High,
         ..full.clone()
     };
