@@ -187,10 +187,17 @@ setting() {
 
 ensure_env_file() {
     if [[ ! -f $ENV_FILE ]]; then
-        log "${ENV_FILE#"$ROOT/"} not found: writing the defaults (change them with jobs/setup.sh)"
-        "$ROOT/jobs/setup.sh" --defaults --output "$ENV_FILE" >/dev/null
+        # Secure by default: outside dev, the agent's WebSocket and POST /scale need a token
+        # (a random one, in .env; the balancer reads the same file).
+        local token_arg=(--generate-token)
+        [[ $ENVIRONMENT == dev ]] && token_arg=()
+        log "${ENV_FILE#"$ROOT/"} not found: writing the defaults${token_arg:+ with a random AGENT_TOKEN} (change them with jobs/setup.sh)"
+        "$ROOT/jobs/setup.sh" --defaults "${token_arg[@]}" --output "$ENV_FILE" >/dev/null
     fi
     "$ROOT/jobs/setup.sh" --check --output "$ENV_FILE" 2>&1 | sed 's/^/    /' >&2 || die "${ENV_FILE#"$ROOT/"} is not valid (see above)"
+    if [[ $ENVIRONMENT != dev && -z $(setting AGENT_TOKEN "") ]]; then
+        log "WARNING: AGENT_TOKEN is empty: anyone who reaches the agent's ports can subscribe to the queue and call POST /scale (set one: jobs/setup.sh --generate-token)"
+    fi
     PROJECT=$(setting COMPOSE_PROJECT_NAME rustybalancer)
     APP_IDENTIFIER=$(setting APP_IDENTIFIER RUSTYBALANCER)
     IMAGE_PREFIX=$(setting IMAGE_PREFIX rustybalancer)
