@@ -121,13 +121,65 @@ pub struct StatsSample {
     pub net_tx_bytes: u64,
 }
 
+/// What an [`Event`] records; on the wire and in Redis as its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The control loop grew the desired size.
+    ScaleUp,
+    /// The control loop shrank the desired size (victims marked SUNDOWN).
+    ScaleDown,
+    /// `POST /scale` set the desired size.
+    ScaleManual,
+    ContainerStarted,
+    /// It accepts connections: published as INIT.
+    ContainerReady,
+    /// A running labelled container the agent had no record of.
+    ContainerAdopted,
+    /// Its record's container is gone from Docker (it will be replaced).
+    ContainerVanished,
+    /// Exited, dead, or never ready: removed and replaced.
+    ContainerReplaced,
+    ContainerSundown,
+    ContainerDrained,
+    DrainTimeout,
+    ContainerRemoved,
+    /// A kind this version does not know (written by a newer agent).
+    #[serde(other)]
+    Other,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ScaleUp => "scale_up",
+            EventKind::ScaleDown => "scale_down",
+            EventKind::ScaleManual => "scale_manual",
+            EventKind::ContainerStarted => "container_started",
+            EventKind::ContainerReady => "container_ready",
+            EventKind::ContainerAdopted => "container_adopted",
+            EventKind::ContainerVanished => "container_vanished",
+            EventKind::ContainerReplaced => "container_replaced",
+            EventKind::ContainerSundown => "container_sundown",
+            EventKind::ContainerDrained => "container_drained",
+            EventKind::DrainTimeout => "drain_timeout",
+            EventKind::ContainerRemoved => "container_removed",
+            EventKind::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One recorded decision or lifecycle event (kept, bounded, in Redis; served at `/events`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub at_ms: Millis,
-    /// e.g. `scale_up`, `scale_down`, `container_started`, `container_ready`, `container_removed`,
-    /// `container_replaced`, `container_adopted`, `container_forgotten`, `drain_timeout`.
-    pub kind: String,
+    pub kind: EventKind,
     /// One human-readable line: why.
     pub reason: String,
     /// The figures behind it (scores, counts, thresholds, ids).

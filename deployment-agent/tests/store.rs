@@ -34,7 +34,7 @@ fn container(id: &str, created_ms: u64) -> Container {
 fn event(n: usize) -> Event {
     Event {
         at_ms: n as u64,
-        kind: "scale_up".to_owned(),
+        kind: deployment_agent::model::EventKind::ScaleUp,
         reason: format!("event {n}"),
         details: serde_json::json!({ "n": n }),
     }

@@ -7,13 +7,13 @@
 //! stops it: the last queue stays published, failures are logged once per outage, and the
 //! loop retries on its next tick.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use log::{debug, error, info, warn};
-use protocol::{Message, Queue, QueueItem};
+use protocol::QueueItem;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -21,11 +21,17 @@ use tokio::time::Instant;
 use crate::config::{ms, Config};
 use crate::docker::{ContainerSpec, Docker, DockerError};
 use crate::lifecycle::{self, DrainStatus};
-use crate::model::{now_ms, Category, Container, Event, Millis, Observed, StatsSample};
+use crate::model::{now_ms, Category, Container, Event, EventKind, Millis, Observed, StatsSample};
 use crate::push::{QueueFrame, Reports};
 use crate::scaler::{self, Decision, ScalerState};
 use crate::scoring::{self, ContainerScorer};
 use crate::store::Store;
+
+pub mod events;
+pub mod publish;
+
+use events::EventLog;
+use publish::Publisher;
 
 /// How long a readiness connect may take.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -34,8 +40,6 @@ const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const MIN_DRAIN: Duration = Duration::from_secs(2);
 /// Longest wait for the engine's container list; beyond it the engine counts as unavailable.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Events kept in memory for `/events` when Redis is unavailable.
-const MEMORY_EVENTS: usize = 200;
 
 /// A request from the HTTP API to the loop.
 #[derive(Debug)]
@@ -107,12 +111,11 @@ pub struct Controller {
     docker: Docker,
     store: Store,
     reports: Arc<Reports>,
-    out: Outputs,
+    publisher: Publisher,
+    snapshots: watch::Sender<Arc<Snapshot>>,
     pool: BTreeMap<String, Tracked>,
     desired: usize,
     scaler: ScalerState,
-    version: u64,
-    published: Vec<QueueItem>,
     network: Option<String>,
     image_ready: bool,
     docker_ok: bool,
@@ -122,9 +125,7 @@ pub struct Controller {
     observed: bool,
     restored: bool,
     removals: JoinSet<(String, String, Result<(), DockerError>)>,
-    events: VecDeque<Event>,
-    /// Events recorded while Redis was unavailable, written on recovery (newest first).
-    unsaved_events: VecDeque<Event>,
+    log: EventLog,
     last_decision: String,
     last_check: Option<Instant>,
     scoring_us: u64,
@@ -147,12 +148,11 @@ impl Controller {
             docker,
             store,
             reports,
-            out,
+            publisher: Publisher::new(out.queue),
+            snapshots: out.snapshot,
             pool: BTreeMap::new(),
             desired,
             scaler: ScalerState::default(),
-            version: 0,
-            published: Vec::new(),
             network: None,
             image_ready: false,
             docker_ok: true,
@@ -160,8 +160,7 @@ impl Controller {
             restored: false,
             observed: false,
             removals: JoinSet::new(),
-            events: VecDeque::new(),
-            unsaved_events: VecDeque::new(),
+            log: EventLog::default(),
             last_decision: String::from("none yet"),
             last_check: None,
             scoring_us: 0,
@@ -202,14 +201,13 @@ impl Controller {
                 let clamped = desired.clamp(s.default_containers, s.max_containers);
                 let before = self.desired;
                 self.desired = clamped;
-                self.event(
-                    "scale_manual",
+                self.log.record(
+                    EventKind::ScaleManual,
                     format!(
                         "desired set to {clamped} by POST /scale (asked {desired}, was {before})"
                     ),
                     serde_json::json!({ "asked": desired, "desired": clamped, "was": before }),
-                )
-                .await;
+                );
                 self.persist_desired().await;
                 let _ = reply.send(clamped);
                 // Act at once rather than on the next tick.
@@ -310,12 +308,11 @@ impl Controller {
             sundown_version: None,
             sundown_balancers: Vec::new(),
         };
-        self.event(
-            "container_adopted",
+        self.log.record(
+            EventKind::ContainerAdopted,
             format!("adopted running container {} found in docker", o.name),
             serde_json::json!({ "id": o.id, "name": o.name }),
-        )
-        .await;
+        );
         self.track(c);
     }
 
@@ -449,15 +446,14 @@ impl Controller {
         for id in plan.forget {
             if let Some(t) = self.pool.remove(&id) {
                 self.replaced += 1;
-                self.event(
-                    "container_vanished",
+                self.log.record(
+                    EventKind::ContainerVanished,
                     format!(
                         "container {} disappeared from docker; it will be replaced",
                         t.c.name
                     ),
                     serde_json::json!({ "id": id, "name": t.c.name }),
-                )
-                .await;
+                );
                 self.forget_record(&id).await;
             }
         }
@@ -470,16 +466,15 @@ impl Controller {
                 .unwrap_or_else(|| id.clone());
             let stuck = self.pool.get(&id).is_some_and(|t| t.c.ready_ms.is_none());
             self.replaced += 1;
-            self.event(
-                "container_replaced",
+            self.log.record(
+                EventKind::ContainerReplaced,
                 if stuck {
                     format!("container {name} did not accept connections within READY_TIMEOUT; replacing it")
                 } else {
                     format!("container {name} is not running (exited or dead); replacing it")
                 },
                 serde_json::json!({ "id": id, "name": name }),
-            )
-            .await;
+            );
             self.start_removal(&id, &name);
         }
         if plan.create > 0 && self.image_ready {
@@ -527,12 +522,11 @@ impl Controller {
                 Ok(o) => {
                     created += 1;
                     taken.insert(name.clone());
-                    self.event(
-                        "container_started",
+                    self.log.record(
+                        EventKind::ContainerStarted,
                         format!("started {name} ({} of {count})", created),
                         serde_json::json!({ "id": o.id, "name": name, "desired": self.desired }),
-                    )
-                    .await;
+                    );
                     self.track(Container {
                         id: o.id,
                         name: o.name,
@@ -581,12 +575,11 @@ impl Controller {
             let at = now_ms().max(now);
             t.c.ready_ms = Some(at);
             let (name, waited) = (t.c.name.clone(), at.saturating_sub(t.c.created_ms));
-            self.event(
-                "container_ready",
+            self.log.record(
+                EventKind::ContainerReady,
                 format!("{name} accepts connections; published as INIT"),
                 serde_json::json!({ "id": id, "name": name, "ms_since_created": waited }),
-            )
-            .await;
+            );
         }
     }
 
@@ -690,12 +683,11 @@ impl Controller {
                     (self.desired.max(active(&pool)) + count).min(self.cfg.scaling.max_containers);
                 self.scale_ups += 1;
                 self.last_decision = format!("scale up: {reason}");
-                self.event(
-                    "scale_up",
+                self.log.record(
+                    EventKind::ScaleUp,
                     format!("desired {before} -> {}: {reason}", self.desired),
                     details,
-                )
-                .await;
+                );
                 self.persist_desired().await;
             }
             Decision::Down {
@@ -709,12 +701,11 @@ impl Controller {
                     .max(self.cfg.scaling.default_containers);
                 self.scale_downs += 1;
                 self.last_decision = format!("scale down: {reason}");
-                self.event(
-                    "scale_down",
+                self.log.record(
+                    EventKind::ScaleDown,
                     format!("desired {before} -> {}: {reason}", self.desired),
                     details,
-                )
-                .await;
+                );
                 self.persist_desired().await;
                 self.sundown(&victims, &reason, now).await;
             }
@@ -733,12 +724,11 @@ impl Controller {
             t.c.sundown_ms = Some(now);
             t.c.sundown_version = None;
             let name = t.c.name.clone();
-            self.event(
-                "container_sundown",
+            self.log.record(
+                EventKind::ContainerSundown,
                 format!("{name} marked SUNDOWN ({reason}); draining"),
                 serde_json::json!({ "id": id, "name": name }),
-            )
-            .await;
+            );
         }
     }
 
@@ -762,25 +752,23 @@ impl Controller {
             ) {
                 DrainStatus::Waiting(why) => debug!("{}: draining ({why})", c.name),
                 DrainStatus::Drained(why) => {
-                    self.event(
-                        "container_drained",
+                    self.log.record(
+                        EventKind::ContainerDrained,
                         format!("{} drained ({why}); stopping it", c.name),
                         serde_json::json!({ "id": id, "name": c.name }),
-                    )
-                    .await;
+                    );
                     self.start_removal(&id, &c.name);
                 }
                 DrainStatus::TimedOut => {
                     let in_flight: u64 = views.iter().map(|v| v.in_flight).sum();
-                    self.event(
-                        "drain_timeout",
+                    self.log.record(
+                        EventKind::DrainTimeout,
                         format!(
                             "{} still had {in_flight} request(s) in flight after DRAIN_TIMEOUT; stopping it",
                             c.name
                         ),
                         serde_json::json!({ "id": id, "name": c.name, "in_flight": in_flight }),
-                    )
-                    .await;
+                    );
                     self.start_removal(&id, &c.name);
                 }
             }
@@ -808,12 +796,11 @@ impl Controller {
             Ok(()) => {
                 self.pool.remove(id);
                 self.forget_record(id).await;
-                self.event(
-                    "container_removed",
+                self.log.record(
+                    EventKind::ContainerRemoved,
                     format!("{name} stopped and removed"),
                     serde_json::json!({ "id": id, "name": name }),
-                )
-                .await;
+                );
             }
             Err(e) => {
                 // Try again on a later tick.
@@ -830,7 +817,7 @@ impl Controller {
         if !self.observed {
             return;
         }
-        let mut items: Vec<QueueItem> = self
+        let items: Vec<QueueItem> = self
             .pool
             .values()
             .filter(|t| t.c.is_published())
@@ -844,14 +831,15 @@ impl Controller {
                 category: t.c.category,
             })
             .collect();
-        items.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
-        if items == self.published && self.version > 0 {
+        let published = self.publisher.publish(items, now);
+        // A SUNDOWN takes effect with the version that carries it; a container that was not
+        // in the queue at all (never ready) is SUNDOWN as of the version in force.
+        let version = self.publisher.version();
+        if version == 0 {
             return;
         }
-        // Wall-clock milliseconds as the floor keeps versions increasing across restarts.
-        self.version = (self.version + 1).max(now);
-        // The balancers (that have reported) this version reaches: a SUNDOWN published now
-        // also waits for those among them that disconnect before it is drained.
+        // The balancers (that have reported) this version reaches: the drain also waits for
+        // those among them that disconnect before it is over.
         let reporting: Vec<String> = self
             .reports
             .subscribers()
@@ -861,23 +849,13 @@ impl Controller {
             .collect();
         for t in self.pool.values_mut() {
             if t.c.category == Category::Sundown && t.c.sundown_version.is_none() {
-                t.c.sundown_version = Some(self.version);
+                t.c.sundown_version = Some(version);
                 t.c.sundown_balancers = reporting.clone();
+                if published.is_none() {
+                    debug!("{} SUNDOWN before it was ever published", t.c.name);
+                }
             }
         }
-        let text: Arc<str> = Message::Queue(Queue {
-            version: self.version,
-            items: items.clone(),
-            observed: true,
-        })
-        .encode()
-        .into();
-        debug!("publishing queue v{} ({} items)", self.version, items.len());
-        self.published = items;
-        self.out.queue.send_replace(Some(QueueFrame {
-            version: self.version,
-            text,
-        }));
     }
 
     async fn persist(&mut self) {
@@ -887,37 +865,29 @@ impl Controller {
                 return;
             }
         }
-        if !self.redis_ok {
+        let recovering = !self.redis_ok;
+        if recovering {
             self.redis_ok = true;
             self.persist_desired().await;
             if !self.redis_ok {
                 return;
             }
-            // A Redis that came back empty (restarted without persistence) lost the event
-            // log too: write back what memory holds, not only what the outage recorded.
-            let lost = matches!(self.store.events(1).await, Ok(list) if list.is_empty());
-            let to_write: Vec<Event> = if lost {
-                self.events.iter().cloned().collect()
-            } else {
-                self.unsaved_events.iter().cloned().collect()
-            };
-            for event in to_write.iter().rev() {
-                if let Err(e) = self.store.push_event(event, self.cfg.events_max).await {
-                    // The unsaved events stay queued for the next recovery.
-                    self.redis_down(&e.to_string());
-                    return;
-                }
-            }
-            self.unsaved_events.clear();
-            info!(
-                "redis reachable again; state re-saved ({} event(s) written{})",
-                to_write.len(),
+        }
+        // A Redis that came back empty (restarted without persistence) lost the event log
+        // too: write back what memory holds, not only what the outage recorded.
+        let lost = recovering && matches!(self.store.events(1).await, Ok(list) if list.is_empty());
+        match self.log.flush(&self.store, self.cfg.events_max, lost).await {
+            Ok(written) if recovering => info!(
+                "redis reachable again; state re-saved ({written} event(s) written{})",
                 if lost {
                     ", the event log had been lost"
                 } else {
                     ""
                 }
-            );
+            ),
+            Ok(_) => {}
+            // The unsaved events stay queued for the next round.
+            Err(e) => self.redis_down(&e.to_string()),
         }
     }
 
@@ -947,31 +917,6 @@ impl Controller {
         }
     }
 
-    /// Logs, records in Redis (bounded list) and in memory.
-    async fn event(&mut self, kind: &str, reason: String, details: serde_json::Value) {
-        info!("{kind}: {reason}");
-        let event = Event {
-            at_ms: now_ms(),
-            kind: kind.to_string(),
-            reason,
-            details,
-        };
-        let saved = self.redis_ok
-            && match self.store.push_event(&event, self.cfg.events_max).await {
-                Ok(()) => true,
-                Err(e) => {
-                    self.redis_down(&e.to_string());
-                    false
-                }
-            };
-        if !saved {
-            self.unsaved_events.push_front(event.clone());
-            self.unsaved_events.truncate(MEMORY_EVENTS);
-        }
-        self.events.push_front(event);
-        self.events.truncate(MEMORY_EVENTS);
-    }
-
     fn snapshot(&mut self, now: Millis) {
         let containers: Vec<ContainerView> = self
             .pool
@@ -982,17 +927,17 @@ impl Controller {
             })
             .collect();
         let active = self.pool.values().filter(|t| t.c.is_active()).count();
-        self.out.snapshot.send_replace(Arc::new(Snapshot {
+        self.snapshots.send_replace(Arc::new(Snapshot {
             at_ms: now,
             desired: self.desired,
             active,
             containers,
-            queue_version: self.version,
+            queue_version: self.publisher.version(),
             docker_ok: self.docker_ok,
             redis_ok: self.redis_ok,
             image_ready: self.image_ready,
             last_decision: self.last_decision.clone(),
-            recent_events: self.events.iter().cloned().collect(),
+            recent_events: self.log.recent().cloned().collect(),
             scoring_us: self.scoring_us,
             scale_ups: self.scale_ups,
             scale_downs: self.scale_downs,
