@@ -3,11 +3,14 @@
 //! The table for one queue version is immutable and held in an [`ArcSwap`]: requests load
 //! it without a lock, a new queue swaps in a new table. Per-backend counters
 //! ([`BackendStats`]) are atomics carried over from table to table by backend id, so
-//! in-flight counts and ejections survive queue updates.
+//! in-flight counts and ejections survive queue updates. A backend that a version omits
+//! keeps its counters in a side map ("retired", touched only by [`Backends::replace`] and
+//! [`Backends::report`]) while requests on it are still running: reports keep showing them,
+//! and a later version that brings the id back picks the same counters up again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -37,6 +40,27 @@ pub struct BackendStats {
     ejection_streak: AtomicU32,
     /// Milliseconds since the set's epoch until which the backend is ejected.
     ejected_until_ms: AtomicU64,
+}
+
+impl BackendStats {
+    /// Nothing in flight and nothing counted since the last report.
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && self.interval_requests.load(Ordering::Relaxed) == 0
+    }
+
+    /// This backend's part of a report; starts its next interval.
+    fn take_report(&self, id: &str) -> BackendReport {
+        let counts = self.interval_latency.take();
+        BackendReport {
+            id: id.to_string(),
+            requests: self.interval_requests.swap(0, Ordering::Relaxed),
+            errors: self.interval_errors.swap(0, Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            latency_p50_ms: quantile_ms(&counts, 0.5),
+            latency_p99_ms: quantile_ms(&counts, 0.99),
+        }
+    }
 }
 
 /// One backend of one queue version.
@@ -82,6 +106,9 @@ pub struct Backends {
     strategy: Strategy,
     ejection: EjectionConfig,
     epoch: Instant,
+    /// Counters of backends omitted by the queue in force, by id, kept while requests on
+    /// them run (or their last counts are unreported). Never touched on the request path.
+    retired: Mutex<HashMap<String, Arc<BackendStats>>>,
 }
 
 impl Backends {
@@ -95,6 +122,7 @@ impl Backends {
             strategy,
             ejection,
             epoch: Instant::now(),
+            retired: Mutex::default(),
         }
     }
 
@@ -107,8 +135,12 @@ impl Backends {
         self.table.load().version
     }
 
-    /// Replaces the queue. Counters of backends that stay (same id) are kept.
+    /// Replaces the queue. Counters of backends that stay (same id) are kept; those of
+    /// backends the queue omits are retired until drained, and taken up again if the id
+    /// comes back.
     pub fn replace(&self, queue: &Queue) {
+        // Held until the new table is stored, so `report` sees table and retired consistent.
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
         let old = self.table.load();
         let mut kept: HashMap<&str, &Arc<Backend>> =
             old.backends.iter().map(|b| (b.id.as_str(), b)).collect();
@@ -123,11 +155,21 @@ impl Backends {
                 let (stats, conns) = match kept.remove(item.id.as_str()) {
                     Some(b) if b.address == item.address => (b.stats.clone(), b.conns.clone()),
                     Some(b) => (b.stats.clone(), Arc::default()),
-                    None => Default::default(),
+                    None => match retired.remove(&item.id) {
+                        Some(stats) => (stats, Arc::default()),
+                        None => Default::default(),
+                    },
                 };
                 Arc::new(make_backend(item, weight, stats, conns))
             })
             .collect();
+        // Retired earlier and drained (and reported) since: forget them. Those retired by
+        // this version stay at least until the next one (a request may still start on them
+        // from a table loaded just before the swap).
+        retired.retain(|_, s| !s.is_idle());
+        for b in kept.into_values() {
+            retired.insert(b.id.clone(), b.stats.clone());
+        }
         let selector = Selector::new(self.strategy, w);
         info!(
             "queue v{} applied: {} backends, {} selectable, strategy={}",
@@ -219,25 +261,25 @@ impl Backends {
         }
     }
 
-    /// Builds the report for the interval that ends now and starts the next one.
+    /// Builds the report for the interval that ends now and starts the next one. Backends
+    /// the queue in force omits are included while they have requests in flight (or
+    /// counts not reported yet), so the agent sees them until they are drained.
     pub fn report(&self, balancer: &str, interval: Duration) -> Report {
+        let retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
         let table = self.load();
-        let backends = table
+        let mut backends: Vec<BackendReport> = table
             .backends
             .iter()
-            .map(|b| {
-                let s = &b.stats;
-                let counts = s.interval_latency.take();
-                BackendReport {
-                    id: b.id.clone(),
-                    requests: s.interval_requests.swap(0, Ordering::Relaxed),
-                    errors: s.interval_errors.swap(0, Ordering::Relaxed),
-                    in_flight: s.in_flight.load(Ordering::Relaxed),
-                    latency_p50_ms: quantile_ms(&counts, 0.5),
-                    latency_p99_ms: quantile_ms(&counts, 0.99),
-                }
-            })
+            .map(|b| b.stats.take_report(&b.id))
             .collect();
+        let mut omitted: Vec<BackendReport> = retired
+            .iter()
+            .filter(|(_, s)| !s.is_idle())
+            .map(|(id, s)| s.take_report(id))
+            .collect();
+        drop(retired);
+        omitted.sort_by(|a, b| a.id.cmp(&b.id));
+        backends.extend(omitted);
         Report {
             balancer: balancer.to_string(),
             interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
@@ -282,6 +324,7 @@ fn make_backend(
 pub fn static_queue(addresses: &[String]) -> Queue {
     Queue {
         version: 0,
+        observed: true,
         items: addresses
             .iter()
             .map(|a| QueueItem {
@@ -347,6 +390,7 @@ mod tests {
     fn failures_eject_and_success_resets() {
         let set = Backends::new(Strategy::Weighted, cfg());
         set.replace(&Queue {
+            observed: true,
             version: 1,
             items: vec![item("a", Category::Low), item("b", Category::Low)],
         });
@@ -371,6 +415,7 @@ mod tests {
     fn stats_survive_queue_updates_and_reports_reset() {
         let set = Backends::new(Strategy::Weighted, cfg());
         set.replace(&Queue {
+            observed: true,
             version: 1,
             items: vec![item("a", Category::Low)],
         });
@@ -382,6 +427,7 @@ mod tests {
             Duration::from_millis(5),
         );
         set.replace(&Queue {
+            observed: true,
             version: 2,
             items: vec![item("b", Category::Init), item("a", Category::Sundown)],
         });
@@ -397,12 +443,100 @@ mod tests {
         assert_eq!(a.latency_p50_ms, None);
     }
 
+    fn queue(version: u64, ids: &[&str]) -> Queue {
+        Queue {
+            version,
+            items: ids.iter().map(|id| item(id, Category::Low)).collect(),
+            observed: true,
+        }
+    }
+
+    fn in_flight_of(r: &Report, id: &str) -> Option<u64> {
+        r.backends.iter().find(|b| b.id == id).map(|b| b.in_flight)
+    }
+
+    #[test]
+    fn an_omitted_backend_keeps_its_stats_until_drained() {
+        for gap in [&[][..], &["b"][..]] {
+            let set = Backends::new(Strategy::Weighted, cfg());
+            set.replace(&queue(1, &["a"]));
+            let guard = InFlight::start(set.load().backends[0].clone());
+
+            set.replace(&queue(2, gap));
+            let r = set.report("me", Duration::from_secs(1));
+            assert_eq!(r.queue_version, 2);
+            assert_eq!(in_flight_of(&r, "a"), Some(1), "gap {gap:?}: {r:?}");
+            assert_eq!(in_flight_of(&r, "b"), gap.first().map(|_| 0));
+
+            set.replace(&queue(3, &["a"]));
+            let t = set.load();
+            assert!(Arc::ptr_eq(&t.backends[0].stats, &guard.0.stats));
+            assert_eq!(t.backends[0].stats.in_flight.load(Ordering::Relaxed), 1);
+            let r = set.report("me", Duration::from_secs(1));
+            assert_eq!(r.backends.len(), 1, "{r:?}");
+            assert_eq!(in_flight_of(&r, "a"), Some(1));
+
+            drop(guard);
+            assert_eq!(t.backends[0].stats.in_flight.load(Ordering::Relaxed), 0);
+            let r = set.report("me", Duration::from_secs(1));
+            assert_eq!(in_flight_of(&r, "a"), Some(0));
+        }
+    }
+
+    #[test]
+    fn an_omitted_backend_is_reported_until_drained_then_forgotten() {
+        let set = Backends::new(Strategy::Weighted, cfg());
+        set.replace(&queue(1, &["a", "b"]));
+        let t1 = set.load();
+        let guard = InFlight::start(t1.backends[0].clone());
+        set.replace(&queue(2, &["c"]));
+        assert_eq!(set.retired.lock().unwrap().len(), 2, "a and b retired");
+        let r = set.report("me", Duration::from_secs(1));
+        let ids: Vec<&str> = r.backends.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(ids, ["c", "a"], "b has nothing in flight: not reported");
+
+        // a's request ends while it is absent: its counts go out once more.
+        set.record(&t1.backends[0], Outcome::Response(200), Duration::ZERO);
+        drop(guard);
+        drop(t1);
+        set.replace(&queue(3, &["c", "d"]));
+        assert_eq!(
+            set.retired.lock().unwrap().keys().collect::<Vec<_>>(),
+            ["a"],
+            "b (drained) forgotten; a kept until its last counts are reported"
+        );
+        let r = set.report("me", Duration::from_secs(1));
+        let a = r.backends.iter().find(|b| b.id == "a").unwrap();
+        assert_eq!((a.requests, a.in_flight), (1, 0));
+        let r = set.report("me", Duration::from_secs(1));
+        assert_eq!(in_flight_of(&r, "a"), None);
+
+        set.replace(&queue(4, &["c"]));
+        assert_eq!(
+            set.retired.lock().unwrap().keys().collect::<Vec<_>>(),
+            ["d"],
+            "a drained and reported: forgotten; d retired by this version"
+        );
+        set.replace(&queue(5, &["c"]));
+        assert!(set.retired.lock().unwrap().is_empty());
+        // An id that comes back after being forgotten starts afresh.
+        set.replace(&queue(6, &["a"]));
+        assert_eq!(
+            set.load().backends[0]
+                .stats
+                .requests
+                .load(Ordering::Relaxed),
+            0
+        );
+    }
+
     #[test]
     fn bad_addresses_are_never_picked() {
         let set = Backends::new(Strategy::RoundRobin, cfg());
         let mut bad = item("x", Category::Low);
         bad.address = "no port here".into();
         set.replace(&Queue {
+            observed: true,
             version: 1,
             items: vec![bad, item("ok", Category::Low)],
         });

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub frames_stale: AtomicU64,
     pub frames_malformed: AtomicU64,
     pub frames_unknown: AtomicU64,
+    /// Empty queues the agent had not observed, refused while backends were in force.
+    pub frames_refused: AtomicU64,
     /// Tasks queued (all balancers) as last read from Redis; `u64::MAX` = unknown.
     pub task_queue_depth: AtomicU64,
 }
@@ -68,6 +70,7 @@ impl Default for Metrics {
             frames_stale: AtomicU64::default(),
             frames_malformed: AtomicU64::default(),
             frames_unknown: AtomicU64::default(),
+            frames_refused: AtomicU64::default(),
             task_queue_depth: AtomicU64::new(u64::MAX),
         }
     }
@@ -233,8 +236,11 @@ impl Metrics {
             (
                 "balancer_agent_frames_rejected_total",
                 "counter",
-                "Frames skipped: stale version, malformed or unknown type.",
-                get(&self.frames_stale) + get(&self.frames_malformed) + get(&self.frames_unknown),
+                "Frames skipped: stale version, malformed, unknown type, or an empty queue the agent had not observed.",
+                get(&self.frames_stale)
+                    + get(&self.frames_malformed)
+                    + get(&self.frames_unknown)
+                    + get(&self.frames_refused),
             ),
             (
                 "balancer_connections_active",

@@ -127,8 +127,25 @@ pub fn item(id: &str, addr: SocketAddr, score: f64, category: Category) -> Queue
     }
 }
 
+/// A queue frame the agent built from the pool it has listed (`observed: true`).
 pub fn queue_frame(version: u64, items: Vec<QueueItem>) -> String {
-    Message::Queue(Queue { version, items }).encode()
+    Message::Queue(Queue {
+        version,
+        items,
+        observed: true,
+    })
+    .encode()
+}
+
+/// A queue frame with `observed: false` (an agent that has not listed its pool yet, or one
+/// from before the field).
+pub fn unobserved_queue_frame(version: u64, items: Vec<QueueItem>) -> String {
+    Message::Queue(Queue {
+        version,
+        items,
+        observed: false,
+    })
+    .encode()
 }
 
 /// A WebSocket server playing the deployment-agent.
