@@ -176,6 +176,51 @@ impl Store {
             .await
     }
 
+    /// One round's changes in one atomic pipeline: the containers whose record changed
+    /// (each hash replaced), the ids to forget, and the desired size when it changed.
+    pub async fn save_changes(
+        &self,
+        changed: &[&Container],
+        forgotten: &[String],
+        desired: Option<usize>,
+    ) -> Result<(), StoreError> {
+        if changed.is_empty() && forgotten.is_empty() && desired.is_none() {
+            return Ok(());
+        }
+        let set = self.key("containers");
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for c in changed {
+            let key = self.container_key(&c.id);
+            pipe.del(&key)
+                .ignore()
+                .hset_multiple(&key, &container_fields(c))
+                .ignore()
+                .sadd(&set, &c.id)
+                .ignore();
+        }
+        for id in forgotten {
+            pipe.del(self.container_key(id))
+                .ignore()
+                .srem(&set, id)
+                .ignore();
+        }
+        if let Some(n) = desired {
+            pipe.set(self.key("desired"), n).ignore();
+        }
+        let what = format!(
+            "save {} container(s), forget {}{}",
+            changed.len(),
+            forgotten.len(),
+            if desired.is_some() {
+                ", the desired size"
+            } else {
+                ""
+            }
+        );
+        self.query_pipe::<()>(&what, &pipe).await
+    }
+
     /// Forgets container `id` (hash and set membership), atomically. Absent ids are fine.
     pub async fn delete_container(&self, id: &str) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();

@@ -1,0 +1,157 @@
+//! The observe stage: everything one round looks at, gathered once — Docker's list of our
+//! containers, connect probes of containers not ready yet, response-time probes of the
+//! published ones, the balancers' reports and their views of SUNDOWN containers, and a
+//! pending `POST /scale` — then the scorers are fed from it (no I/O).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use log::{debug, info};
+use protocol::Report;
+
+use super::decide::Observation;
+use super::Controller;
+use crate::model::{Category, Millis};
+use crate::scoring;
+
+/// How long a readiness connect may take.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait for the engine's container list; beyond it the engine counts as unavailable.
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a round observed beyond what `decide` needs: the inputs of scoring.
+#[derive(Debug, Default)]
+pub struct ScoringInputs {
+    /// Response time of each probed container, ms (`None`: the probe failed).
+    pub probes: Vec<(String, Option<f64>)>,
+    pub reports: Vec<Report>,
+}
+
+impl Controller {
+    /// Docker's list of our containers; `None` (engine marked down) when it fails or hangs.
+    pub(super) async fn list(&mut self) -> Option<Vec<crate::model::Observed>> {
+        // A hung engine must not stall the loop (probes, publishing, the API's snapshot).
+        let listed = tokio::time::timeout(LIST_TIMEOUT, self.docker.list_ours(&self.cfg.app)).await;
+        match listed {
+            Ok(Ok(observed)) => {
+                if !self.docker_ok {
+                    info!("docker engine reachable again");
+                    self.docker_ok = true;
+                }
+                self.observed = true;
+                Some(observed)
+            }
+            Ok(Err(e)) => {
+                self.docker_down(&e.to_string());
+                None
+            }
+            Err(_) => {
+                self.docker_down(&format!("listing containers took over {LIST_TIMEOUT:?}"));
+                None
+            }
+        }
+    }
+
+    /// One round's observation (the probes of all containers run concurrently).
+    pub(super) async fn observe(&mut self, now: Millis) -> (Observation, ScoringInputs) {
+        let listed = self.list().await;
+        // Connect probes: containers not ready yet, and running ones with no record (the
+        // round adopts them, and publishes them in the same round when they accept).
+        let mut waiting: Vec<(String, String)> = self
+            .pool
+            .values()
+            .filter(|t| t.c.ready_ms.is_none() && !t.c.address.is_empty() && !t.stopping)
+            .map(|t| (t.c.id.clone(), t.c.address.clone()))
+            .collect();
+        for o in listed.iter().flatten() {
+            if let (true, false, Some(addr)) =
+                (o.running, self.pool.contains_key(&o.id), &o.address)
+            {
+                waiting.push((o.id.clone(), addr.clone()));
+            }
+        }
+        let published: Vec<(String, String)> = self
+            .pool
+            .values()
+            .filter(|t| t.c.ready_ms.is_some() && t.c.is_active() && !t.stopping)
+            .map(|t| (t.c.id.clone(), t.c.address.clone()))
+            .collect();
+        let (timeout, path) = (self.cfg.probe_timeout, self.cfg.probe_path.as_str());
+        let connects =
+            futures_util::future::join_all(waiting.into_iter().map(|(id, addr)| async move {
+                (id, crate::probe::accepts(&addr, READY_PROBE_TIMEOUT).await)
+            }));
+        let timings =
+            futures_util::future::join_all(published.into_iter().map(|(id, addr)| async move {
+                let r = crate::probe::response_time(&addr, path, timeout).await;
+                if let Err(e) = &r {
+                    debug!("probe of {addr} failed: {e}");
+                }
+                (id, r.ok())
+            }));
+        let (connects, probes) = tokio::join!(connects, timings);
+        let views: HashMap<String, _> = self
+            .pool
+            .values()
+            .filter(|t| t.c.category == Category::Sundown)
+            .map(|t| (t.c.id.clone(), self.reports.views_for(&t.c.id)))
+            .collect();
+        let obs = Observation {
+            now,
+            listed,
+            accepting: connects
+                .into_iter()
+                .filter(|(_, ok)| *ok)
+                .map(|(id, _)| id)
+                .collect(),
+            views,
+            set_desired: self.pending_desired.take(),
+        };
+        let inputs = ScoringInputs {
+            probes,
+            reports: self.reports.take_pending(),
+        };
+        (obs, inputs)
+    }
+
+    /// Feeds stats, probes and reports into the scorers; sets categories from the scores.
+    pub(super) fn score(&mut self, inputs: &ScoringInputs, now: Millis) {
+        let started = std::time::Instant::now();
+        for (id, result) in &inputs.probes {
+            if let Some(t) = self.pool.get_mut(id) {
+                t.scorer.on_probe(*result);
+            }
+        }
+        for report in &inputs.reports {
+            for b in &report.backends {
+                if let Some(t) = self.pool.get_mut(&b.id) {
+                    t.scorer.on_report(b.latency_p50_ms, b.requests, b.errors);
+                }
+            }
+        }
+        let (lu, mu) = (self.cfg.scoring.lu_threshold, self.cfg.scoring.mu_threshold);
+        for t in self.pool.values_mut() {
+            if t.stats.has_changed().unwrap_or(false) {
+                if let Some(sample) = *t.stats.borrow_and_update() {
+                    t.scorer.on_stats(sample);
+                }
+            }
+            if t.c.ready_ms.is_none() || !t.c.is_active() {
+                continue;
+            }
+            if let Some(scores) = t.scorer.scores() {
+                let category = scoring::category(scores.overall, lu, mu);
+                if category != t.c.category {
+                    debug!(
+                        "{}: {} -> {} (score {:.1})",
+                        t.c.name, t.c.category, category, scores.overall
+                    );
+                }
+                t.c.scores = Some(scores);
+                t.c.scored_ms = Some(now);
+                t.c.category = category;
+            }
+        }
+        self.scoring_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    }
+}
