@@ -10,7 +10,8 @@
 //! - Edges, one external system each: [`docker`] (the only bollard user), [`store`] (the only
 //!   Redis user), [`probe`] (TCP/HTTP probes of app containers).
 //! - Serving: [`push`] (the balancers' WebSocket), [`api`] (HTTP API and dashboard).
-//! - [`reconcile`]: the control loop, observe → decide → act → persist → publish.
+//! - [`reconcile`]: the control loop, one pipeline per round: observe → score → decide (pure)
+//!   → act → publish → persist.
 pub mod api;
 pub mod config;
 pub mod docker;
