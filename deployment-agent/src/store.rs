@@ -11,7 +11,6 @@
 //! | `rustybalancer:{app}:container:{id}` | hash | one [`Container`], flat fields (below) |
 //! | `rustybalancer:{app}:desired` | string | desired pool size (decimal `usize`) |
 //! | `rustybalancer:{app}:events` | list | [`Event`]s as JSON, newest first, trimmed to a bound |
-//! | `rustybalancer:{app}:queue_version` | string (`INCR`) | last queue version handed out (`u64`) |
 //!
 //! Container hash fields: `id`, `name`, `address`, `image`, `category` (`INIT`, `LU`, `MU`,
 //! `HU`, `SUNDOWN`), `created_ms`; when scored, all five of `cpu_score`, `memory_score`,
@@ -333,24 +332,6 @@ impl Store {
                 }
             })
             .collect())
-    }
-
-    /// Hands out the next queue version (`INCR`): versions keep increasing across restarts.
-    pub async fn next_version(&self) -> Result<u64, StoreError> {
-        self.query(
-            "take the next queue version",
-            redis::cmd("INCR").arg(self.key("queue_version")),
-        )
-        .await
-    }
-
-    /// The last queue version handed out (0 when none was).
-    pub async fn version(&self) -> Result<u64, StoreError> {
-        let key = self.key("queue_version");
-        let raw: Option<String> = self
-            .query("read the queue version", redis::cmd("GET").arg(&key))
-            .await?;
-        raw.map_or(Ok(0), |r| parse_field(&key, &r))
     }
 
     fn key(&self, name: &str) -> String {

@@ -180,26 +180,6 @@ async fn events_are_bounded_and_newest_first() {
     assert!(store.events(0).await.expect("events").is_empty());
 }
 
-#[tokio::test]
-async fn queue_versions_keep_increasing_across_stores() {
-    let Some((redis, store, app)) = setup().await else {
-        return;
-    };
-    assert_eq!(store.version().await.expect("version"), 0);
-    assert_eq!(store.next_version().await.expect("next"), 1);
-    assert_eq!(store.next_version().await.expect("next"), 2);
-    assert_eq!(store.version().await.expect("version"), 2);
-
-    // A restarted agent (a new Store) continues where the last one stopped.
-    let again = Store::connect(&redis.url(), &app).await.expect("connect");
-    assert_eq!(again.next_version().await.expect("next"), 3);
-    // Apps do not share counters.
-    let other = Store::connect(&redis.url(), &common::unique_app())
-        .await
-        .expect("connect");
-    assert_eq!(other.next_version().await.expect("next"), 1);
-}
-
 /// Retries `ping` until it works or `within` passes (the caller's backoff loop, in small).
 async fn wait_until_up(store: &Store, within: Duration) {
     let deadline = Instant::now() + within;
@@ -227,7 +207,7 @@ async fn redis_restart_fails_fast_then_recovers_on_the_same_store() {
         .save_container(&container("c1", 1))
         .await
         .expect("save");
-    assert_eq!(store.next_version().await.expect("next"), 1);
+    store.set_desired(3).await.expect("desired");
 
     redis.stop();
     for _ in 0..3 {
@@ -256,7 +236,11 @@ async fn redis_restart_fails_fast_then_recovers_on_the_same_store() {
         store.load_containers().await.expect("load"),
         vec![container("c2", 2)]
     );
-    assert_eq!(store.next_version().await.expect("next"), 1);
+    assert_eq!(
+        store.desired().await.expect("desired"),
+        None,
+        "lost with the restart"
+    );
 }
 
 #[tokio::test]
