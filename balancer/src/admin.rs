@@ -29,7 +29,7 @@ pub fn handle<B>(req: &Request<B>, proxy: &Proxy, metrics: &Metrics) -> Response
             if let Some(tasks) = proxy.tasks() {
                 tasks.render_metrics(&mut text);
             }
-            let mut resp = Response::new(ResponseBody::full(text));
+            let mut resp = Response::new(ResponseBody::full(text.into_string()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

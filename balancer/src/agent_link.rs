@@ -14,8 +14,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderValue;
 use log::{debug, info, warn};
+use protocol::backoff::Backoff;
 use protocol::Message;
-use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::{timeout_at, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -27,38 +27,6 @@ use crate::metrics::Metrics;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
-
-/// Capped exponential back-off with jitter: attempt n waits a uniform time in
-/// `[d/2, d]` with `d = min(max, base · 2ⁿ)`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Backoff {
-        Backoff {
-            base,
-            max: max.max(base),
-            attempt: 0,
-        }
-    }
-
-    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        let d = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        d.mul_f64(rng.random_range(0.5..=1.0))
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
 
 /// What to do with a queue frame of `incoming` version while `current` is in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,23 +261,6 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::rngs::SmallRng;
-    use rand::SeedableRng;
-
-    #[test]
-    fn backoff_grows_caps_jitters_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let mut rng = SmallRng::seed_from_u64(5);
-        let d: Vec<Duration> = (0..8).map(|_| b.next_delay(&mut rng)).collect();
-        let caps = [100, 200, 400, 800, 1000, 1000, 1000, 1000];
-        for (got, cap) in d.iter().zip(caps) {
-            let cap = Duration::from_millis(cap);
-            assert!(*got <= cap && *got >= cap / 2, "{got:?} vs {cap:?}");
-        }
-        assert!(d.windows(2).any(|w| w[0] != w[1]) || d[4] != Duration::from_secs(1));
-        b.reset();
-        assert!(b.next_delay(&mut rng) <= Duration::from_millis(100));
-    }
 
     #[test]
     fn version_rules() {

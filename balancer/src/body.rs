@@ -15,8 +15,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::backends::InFlight;
-use crate::upstream::Lease;
+use crate::guard::UpstreamGuard;
 
 /// The client sent more than `MAX_BODY_BYTES`.
 #[derive(Debug, thiserror::Error)]
@@ -159,10 +158,9 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     Upstream {
         body: Incoming,
-        /// Released when the body ends or the client goes away.
-        in_flight: Option<InFlight>,
-        /// The upstream connection, back to its pool once the body has ended.
-        lease: Option<Lease>,
+        /// The backend's in-flight count and the upstream connection, released when the
+        /// body ends or the client goes away.
+        guard: Option<UpstreamGuard>,
     },
 }
 
@@ -187,15 +185,10 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match &mut *self {
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Upstream {
-                body,
-                in_flight,
-                lease,
-            } => {
+            ResponseBody::Upstream { body, guard } => {
                 let r = Pin::new(body).poll_frame(cx);
                 if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-                    in_flight.take();
-                    lease.take();
+                    guard.take();
                 }
                 r
             }

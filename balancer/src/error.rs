@@ -20,8 +20,6 @@ pub enum ProxyError {
     UpstreamFailed,
     #[error("request body too large")]
     BodyTooLarge,
-    #[error("service is shutting down")]
-    ShuttingDown,
     #[error("not found")]
     NotFound,
 }
@@ -29,7 +27,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoBackend | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -44,7 +42,6 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamFailed => "upstream_failed",
             ProxyError::BodyTooLarge => "body_too_large",
-            ProxyError::ShuttingDown => "shutting_down",
             ProxyError::NotFound => "not_found",
         }
     }
@@ -53,7 +50,7 @@ impl ProxyError {
     pub fn response(&self) -> Response<ResponseBody> {
         let body = serde_json::json!({"error": self.code(), "message": self.to_string()});
         let mut resp = json_response(self.status(), &body);
-        if matches!(self, ProxyError::NoBackend | ProxyError::ShuttingDown) {
+        if matches!(self, ProxyError::NoBackend) {
             resp.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(NO_BACKEND_RETRY_AFTER.as_secs()),

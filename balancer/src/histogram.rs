@@ -7,6 +7,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use protocol::prom::PromText;
+
 const SUB_BUCKETS: u32 = 4;
 const FINE_BUCKETS: usize = 40 * SUB_BUCKETS as usize;
 
@@ -118,20 +120,21 @@ impl PromHistogram {
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
-    /// Appends the text exposition of this histogram named `name` to `out`.
-    pub fn render(&self, name: &str, out: &mut String) {
-        use std::fmt::Write;
+    /// Appends the samples of this histogram named `name` to `out` (the family header is
+    /// the caller's).
+    pub fn render(&self, name: &str, out: &mut PromText) {
+        let bucket = format!("{name}_bucket");
         let mut cumulative = 0u64;
         for (i, b) in self.buckets.iter().enumerate() {
             cumulative += b.load(Ordering::Relaxed);
             let le = PROM_BOUNDS
                 .get(i)
                 .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+            out.sample(&bucket, &[("le", &le)], cumulative as f64);
         }
         let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        out.sample(&format!("{name}_sum"), &[], sum);
+        out.sample(&format!("{name}_count"), &[], cumulative as f64);
     }
 }
 
@@ -170,11 +173,13 @@ mod tests {
         h.record(Duration::from_micros(500));
         h.record(Duration::from_millis(20));
         h.record(Duration::from_secs(100));
-        let mut out = String::new();
+        let mut out = PromText::new();
         h.render("x", &mut out);
+        let out = out.into_string();
         assert!(out.contains("x_bucket{le=\"0.001\"} 1\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"0.025\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count 3\n"), "{out}");
+        assert!(out.contains("x_sum 100.0205\n"), "{out}");
     }
 }

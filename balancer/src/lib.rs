@@ -10,7 +10,8 @@
 //! - [`tasks`]: task submissions (`Prefer: respond-async`, `/_tasks`), stored in Redis, run
 //!   by workers on every balancer.
 //! - [`upstream`]: per-backend keep-alive HTTP/1.1 connection pools.
-//! - [`body`], [`headers`]: streamed bodies with limits; header rewriting.
+//! - [`body`], [`headers`]: streamed bodies with limits; header rewriting. [`guard`]: what a
+//!   streamed response body releases when it ends (in-flight count, upstream connection).
 //! - [`cache`]: caching policy (pure) and the moka store.
 //! - [`server`]: accept loops, connection limits, idle timeout, graceful shutdown.
 //! - [`admin`], [`metrics`], [`histogram`]: `/health`, `/metrics`, `/queue`.
@@ -25,6 +26,7 @@ pub mod cache;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod guard;
 pub mod headers;
 pub mod histogram;
 pub mod metrics;

@@ -3,9 +3,10 @@
 //! Hot-path counters are relaxed atomics; per-backend counters live in
 //! [`BackendStats`](crate::backends::BackendStats). Rendering walks both.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use protocol::prom::{Kind, PromText};
 
 use crate::backends::Backends;
 use crate::cache::Cache;
@@ -14,7 +15,7 @@ use crate::histogram::PromHistogram;
 /// One per-backend series: name, type, help, and how to read the value.
 type BackendSeries = (
     &'static str,
-    &'static str,
+    Kind,
     &'static str,
     fn(&Backends, &crate::backends::Backend) -> f64,
 );
@@ -102,140 +103,140 @@ impl Metrics {
     }
 
     /// Renders everything in the Prometheus text format (version 0.0.4).
-    pub fn render(&self, backends: &Backends, cache: Option<&Cache>) -> String {
-        let mut out = String::with_capacity(4096);
+    pub fn render(&self, backends: &Backends, cache: Option<&Cache>) -> PromText {
+        let mut out = PromText::with_capacity(4096);
         let table = backends.load();
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
 
-        out.push_str(
-            "# HELP balancer_requests_total Responses sent, by source backend and status class.\n",
+        out.family(
+            "balancer_requests_total",
+            Kind::Counter,
+            "Responses sent, by source backend and status class.",
         );
-        out.push_str("# TYPE balancer_requests_total counter\n");
-        for b in &table.backends {
-            for (i, class) in CLASSES.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "balancer_requests_total{{backend=\"{}\",class=\"{class}\"}} {}",
-                    escape(&b.name),
-                    get(&b.stats.status[i])
-                );
-            }
-        }
-        for (label, counters) in [("cache", &self.cache_status), ("none", &self.local_status)] {
-            for (i, class) in CLASSES.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "balancer_requests_total{{backend=\"{label}\",class=\"{class}\"}} {}",
-                    get(&counters[i])
+        let backend_counters = table
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), &b.stats.status));
+        let own_counters = [("cache", &self.cache_status), ("none", &self.local_status)];
+        for (backend, counters) in backend_counters.chain(own_counters) {
+            for (class, counter) in CLASSES.iter().zip(counters) {
+                out.sample(
+                    "balancer_requests_total",
+                    &[("backend", backend), ("class", class)],
+                    get(counter),
                 );
             }
         }
 
-        out.push_str("# HELP balancer_request_duration_seconds Time to response headers.\n");
-        out.push_str("# TYPE balancer_request_duration_seconds histogram\n");
+        out.family(
+            "balancer_request_duration_seconds",
+            Kind::Histogram,
+            "Time to response headers.",
+        );
         self.latency
             .render("balancer_request_duration_seconds", &mut out);
 
         let per_backend: [BackendSeries; 5] = [
             (
                 "balancer_backend_in_flight",
-                "gauge",
+                Kind::Gauge,
                 "Requests in flight per backend.",
                 |_, b| b.stats.in_flight.load(Ordering::Relaxed) as f64,
             ),
             (
                 "balancer_backend_weight",
-                "gauge",
+                Kind::Gauge,
                 "Selection weight per backend.",
                 |_, b| b.weight,
             ),
             (
                 "balancer_backend_ejected",
-                "gauge",
+                Kind::Gauge,
                 "1 while the backend is ejected.",
                 |s, b| f64::from(u8::from(s.is_ejected(b))),
             ),
             (
                 "balancer_backend_ejections_total",
-                "counter",
+                Kind::Counter,
                 "Ejections per backend.",
                 |_, b| b.stats.ejections.load(Ordering::Relaxed) as f64,
             ),
             (
                 "balancer_backend_errors_total",
-                "counter",
+                Kind::Counter,
                 "Failed requests per backend.",
                 |_, b| b.stats.errors.load(Ordering::Relaxed) as f64,
             ),
         ];
         for (name, kind, help, value) in per_backend {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            out.family(name, kind, help);
             for b in &table.backends {
-                let _ = writeln!(
-                    out,
-                    "{name}{{backend=\"{}\",category=\"{}\"}} {}",
-                    escape(&b.name),
-                    b.category,
-                    value(backends, b)
+                out.sample(
+                    name,
+                    &[
+                        ("backend", b.name.as_str()),
+                        ("category", b.category.as_str()),
+                    ],
+                    value(backends, b),
                 );
             }
         }
 
-        let (hits, misses, entries) = cache.map_or((0, 0, 0), |c| {
-            (get(&c.hits), get(&c.misses), c.entry_count())
+        let (hits, misses, entries) = cache.map_or((0.0, 0.0, 0.0), |c| {
+            (get(&c.hits), get(&c.misses), c.entry_count() as f64)
         });
-        let scalars: [(&str, &str, &str, u64); 14] = [
+        let scalars: [(&str, Kind, &str, f64); 14] = [
             (
                 "balancer_cache_hits_total",
-                "counter",
+                Kind::Counter,
                 "Requests answered from the cache.",
                 hits,
             ),
             (
                 "balancer_cache_misses_total",
-                "counter",
+                Kind::Counter,
                 "Cacheable requests fetched upstream.",
                 misses,
             ),
             (
                 "balancer_cache_entries",
-                "gauge",
+                Kind::Gauge,
                 "Entries in the cache.",
                 entries,
             ),
             (
                 "balancer_queue_version",
-                "gauge",
+                Kind::Gauge,
                 "Version of the queue in force.",
-                table.version,
+                table.version as f64,
             ),
             (
                 "balancer_backends",
-                "gauge",
+                Kind::Gauge,
                 "Backends in the queue in force.",
-                table.backends.len() as u64,
+                table.backends.len() as f64,
             ),
             (
                 "balancer_agent_connected",
-                "gauge",
+                Kind::Gauge,
                 "1 while connected to the agent.",
-                u64::from(self.agent_connected.load(Ordering::Relaxed)),
+                f64::from(u8::from(self.agent_connected.load(Ordering::Relaxed))),
             ),
             (
                 "balancer_agent_connects_total",
-                "counter",
+                Kind::Counter,
                 "Successful connections to the agent.",
                 get(&self.agent_connects),
             ),
             (
                 "balancer_agent_frames_applied_total",
-                "counter",
+                Kind::Counter,
                 "Queue frames applied.",
                 get(&self.frames_applied),
             ),
             (
                 "balancer_agent_frames_rejected_total",
-                "counter",
+                Kind::Counter,
                 "Frames skipped: stale version, malformed, unknown type, or an empty queue the agent had not observed.",
                 get(&self.frames_stale)
                     + get(&self.frames_malformed)
@@ -244,50 +245,40 @@ impl Metrics {
             ),
             (
                 "balancer_connections_active",
-                "gauge",
+                Kind::Gauge,
                 "Open client connections.",
                 get(&self.connections_active),
             ),
             (
                 "balancer_connections_total",
-                "counter",
+                Kind::Counter,
                 "Accepted client connections.",
                 get(&self.connections_total),
             ),
             (
                 "balancer_retries_total",
-                "counter",
+                Kind::Counter,
                 "Requests retried on another backend after a connect failure.",
                 get(&self.retries),
             ),
             (
                 "balancer_retries_refused_total",
-                "counter",
+                Kind::Counter,
                 "Retries refused by the retry budget.",
                 get(&self.retries_refused),
             ),
             (
                 "balancer_upgrades_total",
-                "counter",
+                Kind::Counter,
                 "Protocol upgrades (WebSocket) tunnelled.",
                 get(&self.upgrades),
             ),
         ];
         for (name, kind, help, value) in scalars {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+            out.single(name, kind, help, value);
         }
         out
     }
-}
-
-/// Escapes a Prometheus label value.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -295,12 +286,61 @@ mod tests {
     use super::*;
 
     #[test]
-    fn label_escaping_and_classes() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    fn status_classes() {
         assert_eq!(class_index(101), 0);
         assert_eq!(class_index(204), 1);
         assert_eq!(class_index(599), 4);
         assert_eq!(class_index(0), 0);
         assert_eq!(class_index(999), 4);
+    }
+
+    #[test]
+    fn render_writes_families_and_escaped_labels() {
+        use crate::config::EjectionConfig;
+        use crate::selection::Strategy;
+        use protocol::{Category, Queue, QueueItem};
+
+        let ejection = EjectionConfig {
+            consecutive_failures: 3,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(1),
+        };
+        let backends = Backends::new(Strategy::Weighted, ejection);
+        backends.replace(&Queue {
+            version: 7,
+            items: vec![QueueItem {
+                id: "a".to_string(),
+                name: "app \"1\"".to_string(),
+                address: "a:80".to_string(),
+                score: 90.0,
+                category: Category::Low,
+            }],
+            observed: true,
+        });
+        let m = Metrics::default();
+        m.observe(Source::Cache, 200, Duration::from_millis(3));
+        m.frames_stale.fetch_add(2, Ordering::Relaxed);
+        m.frames_refused.fetch_add(1, Ordering::Relaxed);
+        let text = m.render(&backends, None).into_string();
+        let expected = [
+            "# HELP balancer_requests_total Responses sent, by source backend and status class.\n\
+             # TYPE balancer_requests_total counter\n\
+             balancer_requests_total{backend=\"app \\\"1\\\"\",class=\"1xx\"} 0\n",
+            "balancer_requests_total{backend=\"cache\",class=\"2xx\"} 1\n",
+            "# HELP balancer_request_duration_seconds Time to response headers.\n\
+             # TYPE balancer_request_duration_seconds histogram\n\
+             balancer_request_duration_seconds_bucket{le=\"0.001\"} 0\n",
+            "balancer_request_duration_seconds_bucket{le=\"0.005\"} 1\n",
+            "balancer_request_duration_seconds_sum 0.003\n",
+            "# TYPE balancer_backend_weight gauge\n\
+             balancer_backend_weight{backend=\"app \\\"1\\\"\",category=\"LU\"} ",
+            "# HELP balancer_queue_version Version of the queue in force.\n\
+             # TYPE balancer_queue_version gauge\n\
+             balancer_queue_version 7\n",
+            "\nbalancer_agent_frames_rejected_total 3\n",
+        ];
+        for line in expected {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
     }
 }

@@ -28,12 +28,11 @@ use crate::cache::{Cache, Fetched, X_CACHE};
 use crate::config::Config;
 use crate::dispatch::{error_chain, Dispatcher, Outgoing, SendError};
 use crate::error::ProxyError;
+use crate::guard::UpstreamGuard;
 use crate::headers::{is_upgrade, strip_hop_by_hop};
 use crate::metrics::{Metrics, Source};
 use crate::tasks::Tasks;
 use crate::upstream::Lease;
-
-pub use crate::dispatch::MAX_ATTEMPTS;
 
 pub struct Proxy {
     dispatch: Arc<Dispatcher>,
@@ -239,8 +238,7 @@ impl Proxy {
             parts,
             ResponseBody::Upstream {
                 body,
-                in_flight: Some(in_flight),
-                lease: Some(lease),
+                guard: Some(UpstreamGuard::new(in_flight, lease)),
             },
         )
     }

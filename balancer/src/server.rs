@@ -17,7 +17,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use log::{debug, info, warn};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{Instant, Sleep};
 
@@ -254,6 +254,3 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
-
-/// Type of the proxy listener's connections (kept nameable for tests).
-pub type ClientStream = IdleTimeout<TcpStream>;

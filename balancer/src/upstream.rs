@@ -72,11 +72,6 @@ impl ConnPool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Idle connections right now (for tests and metrics).
-    pub fn idle_count(&self) -> usize {
-        self.lock().len()
-    }
-
     /// The most recently used live connection, ready for a request.
     async fn checkout(&self) -> Option<http1::SendRequest<RequestBody>> {
         loop {

@@ -13,7 +13,6 @@
 //! Every error is JSON `{"error": "...", "message": "..."}`.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use log::{info, warn};
+use protocol::prom::{Kind, PromText};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -267,100 +267,109 @@ fn health(snap: &Snapshot, reports: &Reports) -> Resp {
     )
 }
 
-fn metrics(snap: &Snapshot, reports: &Reports) -> Resp {
-    let mut out = String::with_capacity(2048);
-    let mut gauge = |name: &str, help: &str, kind: &str, value: f64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    gauge(
-        "agent_desired_containers",
-        "Desired pool size.",
-        "gauge",
-        snap.desired as f64,
-    );
-    gauge(
-        "agent_active_containers",
-        "Containers not in SUNDOWN.",
-        "gauge",
-        snap.active as f64,
-    );
-    gauge(
-        "agent_queue_version",
-        "Version of the last published queue.",
-        "gauge",
-        snap.queue_version as f64,
-    );
-    gauge(
-        "agent_docker_up",
-        "1 when the Docker engine answered on the last tick.",
-        "gauge",
-        f64::from(u8::from(snap.docker_ok)),
-    );
-    gauge(
-        "agent_redis_up",
-        "1 when Redis answered on the last write.",
-        "gauge",
-        f64::from(u8::from(snap.redis_ok)),
-    );
-    gauge(
-        "agent_balancers_connected",
-        "Balancers subscribed to the queue.",
-        "gauge",
-        reports.connected() as f64,
-    );
-    gauge(
-        "agent_scale_ups_total",
-        "Scale-up decisions.",
-        "counter",
-        snap.scale_ups as f64,
-    );
-    gauge(
-        "agent_scale_downs_total",
-        "Scale-down decisions.",
-        "counter",
-        snap.scale_downs as f64,
-    );
-    gauge(
-        "agent_containers_replaced_total",
-        "Containers replaced after exiting, vanishing or never becoming ready.",
-        "counter",
-        snap.replaced as f64,
-    );
-    gauge(
-        "agent_scoring_round_seconds",
-        "Cost of the last scoring round (CPU work, probes excluded).",
-        "gauge",
-        snap.scoring_us as f64 / 1e6,
-    );
+/// The Prometheus text of `/metrics`.
+fn render_metrics(snap: &Snapshot, reports: &Reports) -> String {
+    let mut out = PromText::with_capacity(2048);
     let (received, malformed) = reports.counters();
-    gauge(
-        "agent_reports_received_total",
-        "Report frames received from balancers.",
-        "counter",
-        received as f64,
-    );
-    gauge(
-        "agent_frames_ignored_total",
-        "Malformed or unexpected frames ignored.",
-        "counter",
-        malformed as f64,
-    );
-    let _ = writeln!(
-        out,
-        "# HELP agent_container_score Overall score of a container (100 = idle).\n# TYPE agent_container_score gauge"
+    let singles: [(&str, &str, Kind, f64); 12] = [
+        (
+            "agent_desired_containers",
+            "Desired pool size.",
+            Kind::Gauge,
+            snap.desired as f64,
+        ),
+        (
+            "agent_active_containers",
+            "Containers not in SUNDOWN.",
+            Kind::Gauge,
+            snap.active as f64,
+        ),
+        (
+            "agent_queue_version",
+            "Version of the last published queue.",
+            Kind::Gauge,
+            snap.queue_version as f64,
+        ),
+        (
+            "agent_docker_up",
+            "1 when the Docker engine answered on the last tick.",
+            Kind::Gauge,
+            f64::from(u8::from(snap.docker_ok)),
+        ),
+        (
+            "agent_redis_up",
+            "1 when Redis answered on the last write.",
+            Kind::Gauge,
+            f64::from(u8::from(snap.redis_ok)),
+        ),
+        (
+            "agent_balancers_connected",
+            "Balancers subscribed to the queue.",
+            Kind::Gauge,
+            reports.connected() as f64,
+        ),
+        (
+            "agent_scale_ups_total",
+            "Scale-up decisions.",
+            Kind::Counter,
+            snap.scale_ups as f64,
+        ),
+        (
+            "agent_scale_downs_total",
+            "Scale-down decisions.",
+            Kind::Counter,
+            snap.scale_downs as f64,
+        ),
+        (
+            "agent_containers_replaced_total",
+            "Containers replaced after exiting, vanishing or never becoming ready.",
+            Kind::Counter,
+            snap.replaced as f64,
+        ),
+        (
+            "agent_scoring_round_seconds",
+            "Cost of the last scoring round (CPU work, probes excluded).",
+            Kind::Gauge,
+            snap.scoring_us as f64 / 1e6,
+        ),
+        (
+            "agent_reports_received_total",
+            "Report frames received from balancers.",
+            Kind::Counter,
+            received as f64,
+        ),
+        (
+            "agent_frames_ignored_total",
+            "Malformed or unexpected frames ignored.",
+            Kind::Counter,
+            malformed as f64,
+        ),
+    ];
+    for (name, help, kind, value) in singles {
+        out.single(name, kind, help, value);
+    }
+    out.family(
+        "agent_container_score",
+        Kind::Gauge,
+        "Overall score of a container (100 = idle).",
     );
     for v in &snap.containers {
         if let Some(s) = v.container.overall() {
-            let _ = writeln!(
-                out,
-                "agent_container_score{{name=\"{}\",category=\"{}\"}} {s}",
-                v.container.name, v.container.category
+            out.sample(
+                "agent_container_score",
+                &[
+                    ("name", v.container.name.as_str()),
+                    ("category", v.container.category.as_str()),
+                ],
+                s,
             );
         }
     }
+    out.into_string()
+}
+
+fn metrics(snap: &Snapshot, reports: &Reports) -> Resp {
+    let out = render_metrics(snap, reports);
     let mut r = Response::new(Full::new(Bytes::from(out)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -374,9 +383,8 @@ async fn scale(req: Request<Incoming>, state: &ApiState) -> Resp {
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(token.as_str()) {
+            .map(|v| v.as_bytes());
+        if !protocol::auth::bearer_matches(presented, token) {
             return error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -454,4 +462,68 @@ fn raw_json(status: StatusCode, body: Bytes) -> Resp {
 
 fn error(status: StatusCode, code: &str, message: &str) -> Resp {
     json_resp(status, &json!({ "error": code, "message": message }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Category, Container, Scores};
+    use crate::reconcile::ContainerView;
+
+    fn view(name: &str, category: Category, overall: Option<f64>) -> ContainerView {
+        ContainerView {
+            container: Container {
+                id: format!("id-{name}"),
+                name: name.into(),
+                address: "10.0.0.2:5000".into(),
+                image: "img".into(),
+                category,
+                scores: overall.map(|overall| Scores {
+                    cpu: overall,
+                    memory: overall,
+                    network: overall,
+                    availability: overall,
+                    overall,
+                }),
+                created_ms: 1_000,
+                ready_ms: Some(2_000),
+                scored_ms: None,
+                sundown_ms: None,
+                sundown_version: None,
+                sundown_balancers: Vec::new(),
+            },
+            in_flight: 0,
+        }
+    }
+
+    #[test]
+    fn metrics_render_families_and_labelled_samples() {
+        let snap = Snapshot {
+            desired: 3,
+            queue_version: 12,
+            scoring_us: 1_500,
+            scale_ups: 2,
+            containers: vec![
+                view("app-1", Category::Low, Some(82.5)),
+                view("app-2", Category::Init, None),
+            ],
+            ..Snapshot::default()
+        };
+        let text = render_metrics(&snap, &Reports::default());
+        let expected = [
+            "# HELP agent_desired_containers Desired pool size.\n\
+             # TYPE agent_desired_containers gauge\n\
+             agent_desired_containers 3\n",
+            "# TYPE agent_queue_version gauge\nagent_queue_version 12\n",
+            "# TYPE agent_scale_ups_total counter\nagent_scale_ups_total 2\n",
+            "agent_scoring_round_seconds 0.0015\n",
+            "# HELP agent_container_score Overall score of a container (100 = idle).\n\
+             # TYPE agent_container_score gauge\n\
+             agent_container_score{name=\"app-1\",category=\"LU\"} 82.5\n",
+        ];
+        for line in expected {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("app-2"), "unscored containers have no score");
+    }
 }

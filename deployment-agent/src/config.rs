@@ -131,8 +131,9 @@ pub struct ContainerConfig {
 /// When and by how much the pool grows or shrinks (see [`crate::scaler`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScalingConfig {
-    /// Minimum pool size and the initial desired size (`DEFAULT_CONTAINER`).
-    pub default_containers: usize,
+    /// Minimum pool size (`DEFAULT_CONTAINER`): `POST /scale` and scale-downs never go below
+    /// it; also the desired size when none is saved in Redis.
+    pub min_containers: usize,
     /// Maximum pool size (`MAX_CONTAINERS`).
     pub max_containers: usize,
     /// Scale up when the average score is below this (`HIGH_LOAD_THRESHOLD`).
@@ -181,7 +182,8 @@ pub struct ScoringConfig {
     pub ema_alpha: f64,
     /// Score at or above which a container is LU (`LU_THRESHOLD`).
     pub lu_threshold: f64,
-    /// Score at or above which a container is MU, below it HU (`MU_THRESHOLD`).
+    /// Score at or above which a container is MU, below it HU, i.e. high utilization
+    /// (`MU_THRESHOLD`).
     pub mu_threshold: f64,
     /// Bytes per second (received + sent) that count as 100 % network use (`NETWORK_CAPACITY`).
     pub network_capacity_bps: f64,
@@ -304,7 +306,7 @@ impl Config {
             );
         }
         let scaling = ScalingConfig {
-            default_containers: r.count(DEFAULT_CONTAINER, 5, 1),
+            min_containers: r.count(DEFAULT_CONTAINER, 5, 1),
             max_containers: r.count(MAX_CONTAINERS, 15, 1),
             high_threshold: r.number(HIGH_LOAD_THRESHOLD, 55.0, 0.0, 100.0),
             low_threshold: r.number(LOW_LOAD_THRESHOLD, 80.0, 0.0, 100.0),
@@ -397,7 +399,7 @@ impl Config {
         );
         let s = &self.scaling;
         rules.check(
-            s.max_containers >= s.default_containers,
+            s.max_containers >= s.min_containers,
             MAX_CONTAINERS,
             "must be at least DEFAULT_CONTAINER",
         );
@@ -484,7 +486,7 @@ mod tests {
             }
         );
         let s = &c.scaling;
-        assert_eq!((s.default_containers, s.max_containers, s.step), (5, 15, 1));
+        assert_eq!((s.min_containers, s.max_containers, s.step), (5, 15, 1));
         assert_eq!(
             (s.high_threshold, s.low_threshold, s.critical_threshold),
             (55.0, 80.0, 20.0)
@@ -558,7 +560,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.token, None);
         assert_eq!(c.redis.password, None);
-        assert_eq!(c.scaling.default_containers, 5);
+        assert_eq!(c.scaling.min_containers, 5);
     }
 
     #[test]

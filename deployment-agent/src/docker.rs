@@ -214,15 +214,6 @@ impl Docker {
         })
     }
 
-    /// `GET /_ping`.
-    pub async fn ping(&self) -> Result<(), DockerError> {
-        self.client
-            .ping()
-            .await
-            .map(|_| ())
-            .map_err(|e| classify(format!("ping {}", self.host), e))
-    }
-
     /// Makes sure `image` exists locally: inspects it, and when absent pulls it, retrying
     /// `retries` times with exponential backoff. Logs one line per layer status change.
     pub async fn ensure_image(&self, image: &str, retries: u32) -> Result<(), DockerError> {

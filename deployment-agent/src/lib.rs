@@ -104,7 +104,7 @@ pub async fn run(
             reports: reports.clone(),
             store: store.clone(),
             commands: cmd_tx,
-            bounds: (cfg.scaling.default_containers, cfg.scaling.max_containers),
+            bounds: (cfg.scaling.min_containers, cfg.scaling.max_containers),
         },
         stop_rx.clone(),
     );

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
             config.app,
             config.image,
             config.target_port,
-            config.scaling.default_containers,
+            config.scaling.min_containers,
             config.scaling.max_containers
         );
         match deployment_agent::run(config, ws, http, process::shutdown_signal()).await {

@@ -224,9 +224,8 @@ fn handshake_check(
             let presented = req
                 .headers()
                 .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            if presented != Some(token) {
+                .map(|v| v.as_bytes());
+            if !protocol::auth::bearer_matches(presented, token) {
                 return Err(refusal(
                     StatusCode::UNAUTHORIZED,
                     "missing or wrong Authorization: Bearer token",

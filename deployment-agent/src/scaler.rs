@@ -97,7 +97,7 @@ pub fn decide(
             "high_threshold": cfg.high_threshold,
             "low_threshold": cfg.low_threshold,
             "critical_threshold": cfg.critical_threshold,
-            "default_containers": cfg.default_containers,
+            "default_containers": cfg.min_containers,
             "max_containers": cfg.max_containers,
         });
         if let (Some(d), serde_json::Value::Object(extra)) = (d.as_object_mut(), extra) {
@@ -140,7 +140,7 @@ pub fn decide(
         };
     }
 
-    if avg > cfg.low_threshold && active > cfg.default_containers && starting == 0 {
+    if avg > cfg.low_threshold && active > cfg.min_containers && starting == 0 {
         let since = *state.low_since_ms.get_or_insert(now);
         let window_ms = ms(cfg.scale_down_window);
         let held = now.saturating_sub(since);
@@ -154,7 +154,7 @@ pub fn decide(
         if let Some(s) = cooling {
             return Decision::hold(format!("{why}, cooling down ({s} of {cooldown_ms} ms)"));
         }
-        let n = cfg.step.min(active - cfg.default_containers);
+        let n = cfg.step.min(active - cfg.min_containers);
         let victims = pick_victims(pool, n);
         if victims.is_empty() {
             return Decision::hold(format!("{why}, but no container can be removed"));
@@ -205,7 +205,7 @@ mod tests {
 
     fn cfg() -> ScalingConfig {
         ScalingConfig {
-            default_containers: 2,
+            min_containers: 2,
             max_containers: 4,
             high_threshold: 55.0,
             low_threshold: 80.0,

@@ -130,7 +130,8 @@ pub fn overall(weights: &Weights, cpu: f64, mem: f64, net: f64, avail: f64) -> f
     clamp_score(mean)
 }
 
-/// LU when `score >= lu`, MU when `score >= mu`, else HU.
+/// LU when `score >= lu`, MU when `score >= mu`, else HU (high utilization: the lowest
+/// scores, the busiest containers).
 pub fn category(score: f64, lu: f64, mu: f64) -> Category {
     if score >= lu {
         Category::Low

@@ -12,25 +12,33 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod auth;
+pub mod backoff;
 pub mod config;
 pub mod healthcheck;
 pub mod process;
+pub mod prom;
 pub mod redis_target;
 pub mod units;
 
 /// Utilization category of a backend container, as decided by the agent.
+///
+/// The categories name how *busy* a container is, and scores run the other way: a score is
+/// 100 when idle and 0 when saturated, so a **low** score means **high** utilization. The
+/// thresholds below are the agent's defaults (`LU_THRESHOLD`, `MU_THRESHOLD`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Category {
     /// Started and accepting connections, not scored yet.
     #[serde(rename = "INIT")]
     Init,
-    /// Low utilization (score ≥ 70).
+    /// Low utilization: mostly idle, a high score (≥ 70).
     #[serde(rename = "LU")]
     Low,
-    /// Medium utilization (score ≥ 40).
+    /// Medium utilization: a middling score (≥ 40, below the LU threshold).
     #[serde(rename = "MU")]
     Medium,
-    /// High utilization (score < 40).
+    /// High utilization: busy, a *low* score (< 40). Not "high score": this is the busiest
+    /// category.
     #[serde(rename = "HU")]
     High,
     /// Chosen for removal: receives no new requests and is stopped once drained.

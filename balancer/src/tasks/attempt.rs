@@ -212,7 +212,6 @@ impl Tasks {
         };
         self.metrics.attempt_duration.record(t0.elapsed());
         let policy = RetryPolicy {
-            max_attempts,
             base: self.cfg.retry_base,
             max: self.cfg.retry_max,
         };

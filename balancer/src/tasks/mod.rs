@@ -27,7 +27,6 @@ pub mod store;
 pub mod stream;
 pub mod worker;
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,6 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::header::HeaderName;
 use http::Request;
 use log::{info, warn};
+use protocol::prom::{Kind, PromText};
 use tokio::sync::watch;
 
 use crate::config::{Config, TaskConfig};
@@ -95,24 +95,25 @@ impl TaskMetrics {
         }
     }
 
-    fn render(&self, out: &mut String) {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP balancer_tasks_finished_total Tasks this balancer brought to a final status.\n# TYPE balancer_tasks_finished_total counter"
+    fn render(&self, out: &mut PromText) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        out.family(
+            "balancer_tasks_finished_total",
+            Kind::Counter,
+            "Tasks this balancer brought to a final status.",
         );
         for (i, s) in Status::ALL
             .iter()
             .enumerate()
             .filter(|(_, s)| s.is_terminal())
         {
-            let _ = writeln!(
-                out,
-                "balancer_tasks_finished_total{{status=\"{s}\"}} {}",
-                get(&self.finished[i])
+            out.sample(
+                "balancer_tasks_finished_total",
+                &[("status", s.as_str())],
+                get(&self.finished[i]),
             );
         }
-        let counters: [(&str, &str, u64); 10] = [
+        let counters: [(&str, &str, f64); 10] = [
             (
                 "balancer_tasks_submitted_total",
                 "Tasks accepted (stored) by this balancer.",
@@ -165,20 +166,30 @@ impl TaskMetrics {
             ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
+            out.single(name, Kind::Counter, help, v);
         }
-        out.push_str("# HELP balancer_task_attempt_duration_seconds Task attempts, request sent to response read.\n# TYPE balancer_task_attempt_duration_seconds histogram\n");
+        out.family(
+            "balancer_task_attempt_duration_seconds",
+            Kind::Histogram,
+            "Task attempts, request sent to response read.",
+        );
         self.attempt_duration
             .render("balancer_task_attempt_duration_seconds", out);
-        out.push_str("# HELP balancer_task_completion_seconds Submission to final status, tasks finished here.\n# TYPE balancer_task_completion_seconds histogram\n");
+        out.family(
+            "balancer_task_completion_seconds",
+            Kind::Histogram,
+            "Submission to final status, tasks finished here.",
+        );
         self.completion
             .render("balancer_task_completion_seconds", out);
         let stats = self.stats.lock().map(|s| *s).unwrap_or_default();
-        let up = u8::from(self.redis_up.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP balancer_tasks_redis_up 1 while Redis answers.\n# TYPE balancer_tasks_redis_up gauge\nbalancer_tasks_redis_up {up}");
+        let up = f64::from(u8::from(self.redis_up.load(Ordering::Relaxed)));
+        out.single(
+            "balancer_tasks_redis_up",
+            Kind::Gauge,
+            "1 while Redis answers.",
+            up,
+        );
         if let Some(s) = stats {
             let age = s
                 .oldest_queued_ms
@@ -206,7 +217,7 @@ impl TaskMetrics {
                 ),
             ];
             for (name, help, v) in gauges {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+                out.single(name, Kind::Gauge, help, v);
             }
         }
     }
@@ -271,10 +282,6 @@ impl Tasks {
         self.store.is_some()
     }
 
-    pub fn config(&self) -> &TaskConfig {
-        &self.cfg
-    }
-
     /// Whether this request is for the task system: under the reserved prefix, or (with
     /// tasks enabled) carrying `Prefer: respond-async`.
     pub fn claims<B>(&self, req: &Request<B>) -> bool {
@@ -293,9 +300,54 @@ impl Tasks {
     }
 
     /// Appends the task metrics to a `/metrics` page.
-    pub fn render_metrics(&self, out: &mut String) {
+    pub fn render_metrics(&self, out: &mut PromText) {
         if self.enabled() {
             self.metrics.render(out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_families_and_labelled_samples() {
+        let m = TaskMetrics::default();
+        m.count_finished(Status::Succeeded);
+        m.submitted.fetch_add(4, Ordering::Relaxed);
+        m.attempt_duration.record(Duration::from_millis(30));
+        if let Ok(mut s) = m.stats.lock() {
+            *s = Some(QueueStats {
+                queued: 5,
+                running: 2,
+                delayed: 1,
+                oldest_queued_ms: None,
+            });
+        }
+        let mut out = PromText::new();
+        m.render(&mut out);
+        let text = out.into_string();
+        let expected = [
+            "# HELP balancer_tasks_finished_total Tasks this balancer brought to a final status.\n\
+             # TYPE balancer_tasks_finished_total counter\n\
+             balancer_tasks_finished_total{status=\"succeeded\"} 1\n\
+             balancer_tasks_finished_total{status=\"failed\"} 0\n",
+            "# HELP balancer_tasks_submitted_total Tasks accepted (stored) by this balancer.\n\
+             # TYPE balancer_tasks_submitted_total counter\n\
+             balancer_tasks_submitted_total 4\n",
+            "# TYPE balancer_task_attempt_duration_seconds histogram\n\
+             balancer_task_attempt_duration_seconds_bucket{le=\"0.001\"} 0\n",
+            "balancer_task_attempt_duration_seconds_bucket{le=\"0.05\"} 1\n",
+            "# HELP balancer_tasks_redis_up 1 while Redis answers.\n\
+             # TYPE balancer_tasks_redis_up gauge\n\
+             balancer_tasks_redis_up 0\n",
+            "# TYPE balancer_tasks_queued gauge\nbalancer_tasks_queued 5\n",
+            "balancer_tasks_oldest_queued_age_seconds 0\n",
+        ];
+        for line in expected {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("queued_total"), "{text}");
     }
 }

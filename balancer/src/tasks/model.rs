@@ -183,7 +183,6 @@ impl Verdict {
 /// Back-off limits for retries.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
-    pub max_attempts: u32,
     pub base: Duration,
     pub max: Duration,
 }
@@ -326,7 +325,6 @@ mod tests {
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
-            max_attempts: 5,
             base: Duration::from_secs(1),
             max: Duration::from_secs(10),
         }

@@ -132,16 +132,6 @@ impl Store {
             .ignore();
         self.pipe::<()>("dead-letter an entry", &pipe).await
     }
-
-    /// Writes a raw stream entry (tests and tools: a garbage entry must not stop workers).
-    pub async fn add_raw_entry(&self, fields: &[(&str, &str)]) -> Result<String, StoreError> {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.key("stream")).arg("*");
-        for (k, v) in fields {
-            cmd.arg(*k).arg(*v);
-        }
-        self.query("add a stream entry", &cmd).await
-    }
 }
 
 /// Parses `[[id, [field, value, …]], …]` (entries with a nil body, deleted meanwhile, are

@@ -118,7 +118,7 @@ pub fn decide(state: &PoolState, obs: &Observation, cfg: &Config, docker_ok: boo
     let s = &cfg.scaling;
 
     if let Some(asked) = obs.set_desired {
-        let clamped = asked.clamp(s.default_containers, s.max_containers);
+        let clamped = asked.clamp(s.min_containers, s.max_containers);
         plan.event(
             EventKind::ScaleManual,
             format!(
@@ -166,9 +166,7 @@ pub fn decide(state: &PoolState, obs: &Observation, cfg: &Config, docker_ok: boo
                 details,
             } => {
                 let before = plan.desired;
-                plan.desired = active
-                    .saturating_sub(victims.len())
-                    .max(s.default_containers);
+                plan.desired = active.saturating_sub(victims.len()).max(s.min_containers);
                 plan.decision = Some(format!("scale down: {reason}"));
                 plan.event(
                     EventKind::ScaleDown,

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use log::{debug, error, info, warn};
+use protocol::backoff::Backoff;
 use protocol::QueueItem;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -153,7 +154,7 @@ impl Controller {
         reports: Arc<Reports>,
         out: Outputs,
     ) -> Controller {
-        let desired = cfg.scaling.default_containers;
+        let desired = cfg.scaling.min_containers;
         Controller {
             cfg,
             docker,
@@ -213,7 +214,7 @@ impl Controller {
             Command::SetDesired { desired, reply } => {
                 // An input of the round run right now (the same clamp `decide` applies).
                 let s = &self.cfg.scaling;
-                let _ = reply.send(desired.clamp(s.default_containers, s.max_containers));
+                let _ = reply.send(desired.clamp(s.min_containers, s.max_containers));
                 self.pending_desired = Some(desired);
                 self.tick().await;
             }
@@ -319,8 +320,8 @@ impl Controller {
         self.redis_ok = true;
         let s = &self.cfg.scaling;
         self.desired = desired
-            .unwrap_or(s.default_containers)
-            .clamp(s.default_containers, s.max_containers);
+            .unwrap_or(s.min_containers)
+            .clamp(s.min_containers, s.max_containers);
         info!(
             "restored from redis: desired {} ({}), {} container record(s)",
             self.desired,
@@ -331,8 +332,9 @@ impl Controller {
             },
             records.len()
         );
-        // The round's persist step saves the starting value (the default, or a saved one
-        // clamped to new bounds) when it differs, so Redis holds the size the loop works with.
+        // The round's persist step saves the starting value (the minimum `DEFAULT_CONTAINER`,
+        // or a saved one clamped to new bounds) when it differs, so Redis holds the size the
+        // loop works with.
         for c in records {
             self.saved.insert(c.id.clone(), c.clone());
             self.track(c);
@@ -483,21 +485,25 @@ impl Controller {
     }
 }
 
+/// First wait before re-opening a container's stats stream; doubles per failed attempt.
+const STATS_RETRY_BASE: Duration = Duration::from_millis(500);
 /// Longest wait between two attempts to re-open a container's stats stream: after a Docker
 /// outage the streams resume at most this long after the engine is back (a longer backoff
 /// left scores on stale CPU figures for up to 10 s after recovery).
 const STATS_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// One long-lived Docker stats stream per container, re-opened after errors, shared through
-/// a `watch` channel (the loop reads the latest sample; nothing re-samples per reader).
+/// a `watch` channel (the loop reads the latest sample; nothing re-samples per reader). The
+/// waits between attempts are jittered so the streams of a whole pool do not all re-open at
+/// the same instant after an outage.
 async fn stats_feed(docker: Docker, id: String, tx: watch::Sender<Option<StatsSample>>) {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new(STATS_RETRY_BASE, STATS_RETRY_MAX);
     loop {
         let mut stream = Box::pin(docker.stats_stream(&id));
         while let Some(item) = stream.next().await {
             match item {
                 Ok(sample) => {
-                    backoff = Duration::from_millis(500);
+                    backoff.reset();
                     if tx.send(Some(sample)).is_err() {
                         return;
                     }
@@ -511,7 +517,7 @@ async fn stats_feed(docker: Docker, id: String, tx: watch::Sender<Option<StatsSa
         if tx.is_closed() {
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(STATS_RETRY_MAX);
+        let delay = backoff.next_delay(&mut rand::rng());
+        tokio::time::sleep(delay).await;
     }
 }
