@@ -11,15 +11,17 @@
 #     run (RUSTYBALANCER_TEST_IMAGE, unless that is already set), all three are what the
 #     end-to-end test runs.
 # After the cargo tests, the end-to-end test (jobs/e2e.sh --no-build, about 1 minute):
-# the slim stack started with jobs/run.sh, checked through its published ports.
+# the slim stack started with jobs/run.sh, checked through its published ports; then the
+# fault-injection suite (jobs/chaos.sh, about 4½ minutes): agent restarts and crashes, Redis
+# down or flushed, Docker cut or hung, each under a trickle of requests that must all succeed.
 #
 # Usage: jobs/test.sh [-h] [--no-e2e] [-- extra cargo test args]
-#   --no-e2e (or RUSTYBALANCER_E2E=0): skip the end-to-end test, for local iteration only:
-#   refused under CI=true, where every test runs.
+#   --no-e2e (or RUSTYBALANCER_E2E=0): skip the end-to-end test and the fault-injection
+#   suite, for local iteration only: refused under CI=true, where every test runs.
 set -euo pipefail
 
 usage() {
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 E2E=${RUSTYBALANCER_E2E:-1}
@@ -139,6 +141,8 @@ run_e2e() {
     fi
     log "end-to-end test (jobs/e2e.sh --no-build)"
     jobs/e2e.sh --no-build || die "the end-to-end test failed"
+    log "fault-injection suite (jobs/chaos.sh, on the images just built)"
+    jobs/chaos.sh || die "the fault-injection suite failed"
 }
 
 ensure_redis
