@@ -15,10 +15,10 @@ use hyper::body::Incoming;
 use log::debug;
 
 use crate::backends::{Backend, Backends, InFlight, Outcome};
-use crate::body::{is_body_too_large, RequestBody};
 use crate::budget::RetryBudget;
 use crate::headers::{accepts_trailers, add_forwarded, strip_hop_by_hop};
 use crate::metrics::Metrics;
+use crate::request_body::{is_body_too_large, RequestBody};
 use crate::upstream::{Lease, UpstreamError};
 
 /// At most this many backends are tried for one request (first try + retries).

@@ -10,8 +10,10 @@
 //! - [`tasks`]: task submissions (`Prefer: respond-async`, `/_tasks`), stored in Redis, run
 //!   by workers on every balancer.
 //! - [`upstream`]: per-backend keep-alive HTTP/1.1 connection pools.
-//! - [`body`], [`headers`]: streamed bodies with limits; header rewriting. [`guard`]: what a
-//!   streamed response body releases when it ends (in-flight count, upstream connection).
+//! - [`request_body`], [`body`], [`headers`]: streamed request bodies with limits, response
+//!   bodies, header rewriting; [`guard`]: what a streamed response body releases when it
+//!   ends (in-flight count, upstream connection). No import cycle among these, `upstream`
+//!   and `backends`.
 //! - [`cache`]: caching policy (pure) and the moka store.
 //! - [`server`]: accept loops, connection limits, idle timeout, graceful shutdown.
 //! - [`admin`], [`metrics`], [`histogram`]: `/health`, `/metrics`, `/queue`.
@@ -31,6 +33,7 @@ pub mod headers;
 pub mod histogram;
 pub mod metrics;
 pub mod proxy;
+pub mod request_body;
 pub mod selection;
 pub mod server;
 pub mod tasks;

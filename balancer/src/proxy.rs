@@ -23,7 +23,7 @@ use log::{debug, info, warn};
 use tokio::sync::watch;
 
 use crate::backends::{Backends, InFlight};
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::ResponseBody;
 use crate::cache::{Cache, Fetched, X_CACHE};
 use crate::config::Config;
 use crate::dispatch::{error_chain, Dispatcher, Outgoing, SendError};
@@ -31,6 +31,7 @@ use crate::error::ProxyError;
 use crate::guard::UpstreamGuard;
 use crate::headers::{is_upgrade, strip_hop_by_hop};
 use crate::metrics::{Metrics, Source};
+use crate::request_body::RequestBody;
 use crate::tasks::Tasks;
 use crate::upstream::Lease;
 
@@ -174,7 +175,7 @@ impl Proxy {
         &self,
         out: Outgoing,
         body: RequestBody,
-        slot: Option<crate::body::Slot>,
+        slot: Option<crate::request_body::Slot>,
         on_client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> (Response<ResponseBody>, Source) {
         let hint = body.hint();

@@ -265,14 +265,16 @@ mod tests {
         min / max
     }
 
+    /// Fixed seeds: the check is statistical, so a fresh seed per run made it fail now and
+    /// then (about one run in 50 at 100,000 picks); these make it repeatable.
     fn fresh_seeds() -> Vec<u64> {
-        (0..3).map(|_| rand::random::<u64>()).collect()
+        vec![1, 0x5eed, 0xdead_beef]
     }
 
     #[test]
     fn weighted_is_proportional_close_weights() {
         for seed in fresh_seeds() {
-            let eta = efficiency(&[100.0, 95.0, 90.0, 85.0], 100_000, seed);
+            let eta = efficiency(&[100.0, 95.0, 90.0, 85.0], 400_000, seed);
             assert!(eta >= 0.97, "seed {seed}: efficiency {eta}");
         }
     }

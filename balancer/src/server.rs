@@ -1,12 +1,10 @@
-//! Listeners: accept loop, connection limits, idle timeout, graceful shutdown.
+//! Listeners: HTTP/1.1 and h2c over the shared accept loop ([`protocol::net`]: connection
+//! cap, idle timeout), request-head limits, graceful shutdown.
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -16,10 +14,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use log::{debug, info, warn};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use protocol::net::{Accepted, Acceptor};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tokio::time::{Instant, Sleep};
+use tokio::sync::watch;
 
 use crate::body::ResponseBody;
 use crate::config::Limits;
@@ -60,41 +57,23 @@ pub async fn serve<H, F>(
 {
     let builder = builder(&limits);
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let acceptor = Acceptor::new(name, listener, limits.max_connections, limits.idle_timeout);
     // Dropped when `serve` returns: connections still open after the grace close then,
     // instead of outliving the server.
     let (close_tx, close_rx) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
-    if let Ok(addr) = listener.local_addr() {
+    if let Ok(addr) = acceptor.local_addr() {
         info!("{name} listening on {addr}");
     }
-    loop {
-        // Hold a permit before accepting: at the cap, new clients wait in the backlog.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!("{name}: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!("{name}: set_nodelay failed for {peer}: {e}");
-        }
+    while let Some(Accepted {
+        stream,
+        peer,
+        permit,
+    }) = acceptor.next(shutdown.as_mut()).await
+    {
         metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         metrics.connections_active.fetch_add(1, Ordering::Relaxed);
-        let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+        let io = TokioIo::new(stream);
         let handler = handler.clone();
         // Set once a complete request head arrived (hyper calls the service only then).
         let first_request = Arc::new(AtomicBool::new(false));
@@ -146,111 +125,11 @@ pub async fn serve<H, F>(
             drop(permit);
         });
     }
-    drop(listener);
+    drop(acceptor);
     info!("{name}: stopped accepting; waiting up to {grace:?} for open requests");
     tokio::select! {
         _ = graceful.shutdown() => info!("{name}: all connections closed"),
         _ = tokio::time::sleep(grace) => warn!("{name}: grace period over; closing remaining connections"),
     }
     drop(close_tx);
-}
-
-/// A stream that fails with `TimedOut` after `timeout` without any read or write.
-///
-/// The deadline is re-armed lazily: activity only records a time stamp; when the timer
-/// fires early it is pushed back to `last activity + timeout`.
-pub struct IdleTimeout<S> {
-    inner: S,
-    timeout: Duration,
-    last: Instant,
-    timer: Pin<Box<Sleep>>,
-}
-
-impl<S> IdleTimeout<S> {
-    pub fn new(inner: S, timeout: Duration) -> IdleTimeout<S> {
-        let now = Instant::now();
-        IdleTimeout {
-            inner,
-            timeout,
-            last: now,
-            timer: Box::pin(tokio::time::sleep_until(now + timeout)),
-        }
-    }
-
-    /// Polled when the inner stream is pending: `Err` once idle for too long.
-    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        loop {
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return Ok(());
-            }
-            let deadline = self.last + self.timeout;
-            if deadline <= Instant::now() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "connection idle for too long",
-                ));
-            }
-            self.timer.as_mut().reset(deadline);
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Pending => match this.check(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
-            ready => {
-                this.last = Instant::now();
-                ready
-            }
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if r.is_ready() {
-            this.last = Instant::now();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if r.is_ready() {
-            this.last = Instant::now();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use log::debug;
 use tokio::net::TcpStream;
 
-use crate::body::RequestBody;
+use crate::request_body::RequestBody;
 
 /// Idle connections kept per backend; more are closed when returned.
 const MAX_IDLE: usize = 1024;

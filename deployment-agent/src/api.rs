@@ -24,7 +24,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use log::{info, warn};
+use log::info;
+use protocol::net::{Accepted, Acceptor};
 use protocol::prom::{Kind, PromText};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -53,8 +54,15 @@ pub struct ApiState {
 
 type Resp = Response<Full<Bytes>>;
 
-/// Serves the API on `listener` until `shutdown` flips.
-pub async fn serve(listener: TcpListener, state: ApiState, mut shutdown: watch::Receiver<bool>) {
+/// Concurrent API connections; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 256;
+/// An API connection with no byte read or written for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves the API on `listener` until `shutdown` flips: at most [`MAX_CONNECTIONS`] at once,
+/// idle ones closed after [`IDLE_TIMEOUT`], request heads within 10 s, open requests given
+/// 5 s at shutdown.
+pub async fn serve(listener: TcpListener, state: ApiState, shutdown: watch::Receiver<bool>) {
     let mut conns = JoinSet::new();
     let builder = {
         let mut b = auto::Builder::new(TokioExecutor::new());
@@ -63,24 +71,24 @@ pub async fn serve(listener: TcpListener, state: ApiState, mut shutdown: watch::
             .timer(hyper_util::rt::TokioTimer::new());
         b
     };
-    if let Ok(addr) = listener.local_addr() {
+    let acceptor = Acceptor::new("http api", listener, MAX_CONNECTIONS, IDLE_TIMEOUT);
+    if let Ok(addr) = acceptor.local_addr() {
         info!("http api listening on {addr}");
     }
+    let mut stopping = shutdown.clone();
+    let stop = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    let mut stop = std::pin::pin!(stop);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(s) => s,
-                    Err(e) => {
-                        warn!("http api accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+            accepted = acceptor.next(stop.as_mut()) => {
+                let Some(Accepted { stream, permit, .. }) = accepted else { break };
                 let state = state.clone();
                 let builder = builder.clone();
                 let mut stop = shutdown.clone();
                 conns.spawn(async move {
+                    let _slot = permit;
                     let service = service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(handle(req, &state).await) }
@@ -97,7 +105,6 @@ pub async fn serve(listener: TcpListener, state: ApiState, mut shutdown: watch::
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            _ = shutdown.changed() => break,
         }
     }
     while conns.join_next().await.is_some() {}

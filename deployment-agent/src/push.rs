@@ -16,6 +16,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use log::{debug, info, warn};
+use protocol::net::{Accepted, Acceptor, IdleTimeout};
 use protocol::{Message, Report};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -29,6 +30,11 @@ use crate::model::{now_ms, Millis};
 
 /// Largest frame accepted from a balancer (reports are a few KiB).
 const MAX_FRAME_BYTES: usize = 1 << 20;
+/// Concurrent subscribers (balancers); more wait in the listen backlog.
+const MAX_SUBSCRIBERS: usize = 1024;
+/// A subscriber connection with no byte read or written for this long is closed (the agent
+/// sends a frame every `QUEUE_KEEPALIVE`, at most 5 s; balancers report every second).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -178,30 +184,33 @@ pub async fn serve(
     cfg: PushConfig,
     queue: watch::Receiver<Option<QueueFrame>>,
     reports: Arc<Reports>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
+    let acceptor = Acceptor::new("websocket", listener, MAX_SUBSCRIBERS, IDLE_TIMEOUT);
+    let mut stopping = shutdown.clone();
+    let stop = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    let mut stop = std::pin::pin!(stop);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    conns.spawn(subscriber(
-                        stream,
-                        peer.to_string(),
-                        cfg.clone(),
-                        queue.clone(),
-                        reports.clone(),
-                        shutdown.clone(),
-                    ));
-                }
-                Err(e) => {
-                    warn!("websocket accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+            accepted = acceptor.next(stop.as_mut()) => {
+                let Some(Accepted { stream, peer, permit }) = accepted else { break };
+                let sub = subscriber(
+                    stream,
+                    peer.to_string(),
+                    cfg.clone(),
+                    queue.clone(),
+                    reports.clone(),
+                    shutdown.clone(),
+                );
+                conns.spawn(async move {
+                    let _slot = permit;
+                    sub.await;
+                });
+            }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            _ = shutdown.changed() => break,
         }
     }
     // Subscribers see the same shutdown signal and send a Close frame.
@@ -247,7 +256,7 @@ fn refusal(status: StatusCode, message: &str) -> ErrorResponse {
 }
 
 async fn subscriber(
-    stream: TcpStream,
+    stream: IdleTimeout<TcpStream>,
     peer: String,
     cfg: PushConfig,
     mut queue: watch::Receiver<Option<QueueFrame>>,

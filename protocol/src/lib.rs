@@ -16,6 +16,7 @@ pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod healthcheck;
+pub mod net;
 pub mod process;
 pub mod prom;
 pub mod redis_target;

@@ -23,9 +23,9 @@ use super::store::{Change, Start, Store};
 use super::stream::Entry;
 use super::worker::Job;
 use super::{now_ms, Tasks, X_TASK_ATTEMPT, X_TASK_ID};
-use crate::body::RequestBody;
 use crate::dispatch::{error_chain, Outgoing, SendError};
 use crate::headers::strip_hop_by_hop;
+use crate::request_body::RequestBody;
 
 /// How long a task waits when no backend can take it (not counted as an attempt).
 const NO_BACKEND_WAIT: Duration = Duration::from_millis(500);

@@ -12,7 +12,7 @@ use log::{debug, info, warn};
 
 use super::envelope::check_callback;
 use super::{Tasks, X_TASK_ID};
-use crate::body::RequestBody;
+use crate::request_body::RequestBody;
 use crate::upstream::ConnPool;
 
 /// Attempts per callback.

@@ -1,0 +1,259 @@
+//! Accepting connections, shared by every listener of both services: a cap on concurrent
+//! connections (at the cap, new clients wait in the listen backlog instead of being accepted
+//! and starved), an idle timeout on every connection ([`IdleTimeout`]: no byte read or
+//! written for that long and the stream fails with `TimedOut`), and a stop on shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use log::{debug, warn};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+/// A listener with a connection cap and an idle timeout.
+pub struct Acceptor {
+    name: &'static str,
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    idle: Duration,
+}
+
+/// One accepted connection; its slot under the cap is held until `permit` is dropped.
+pub struct Accepted {
+    pub stream: IdleTimeout<TcpStream>,
+    pub peer: SocketAddr,
+    pub permit: OwnedSemaphorePermit,
+}
+
+impl Acceptor {
+    /// `name` is for log lines; at most `max_connections` (at least 1) at once.
+    pub fn new(
+        name: &'static str,
+        listener: TcpListener,
+        max_connections: usize,
+        idle: Duration,
+    ) -> Acceptor {
+        Acceptor {
+            name,
+            listener,
+            permits: Arc::new(Semaphore::new(max_connections.max(1))),
+            idle,
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The next connection (`TCP_NODELAY` set), or `None` once `shutdown` completes. A
+    /// failing `accept` (EMFILE and friends) is logged and retried after a pause.
+    pub async fn next<S: Future<Output = ()>>(
+        &self,
+        mut shutdown: Pin<&mut S>,
+    ) -> Option<Accepted> {
+        // Hold a permit before accepting: at the cap, new clients wait in the backlog.
+        let permit = tokio::select! {
+            p = self.permits.clone().acquire_owned() => p.ok()?,
+            _ = shutdown.as_mut() => return None,
+        };
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = shutdown.as_mut() => return None,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        debug!("{}: set_nodelay failed for {peer}: {e}", self.name);
+                    }
+                    return Some(Accepted {
+                        stream: IdleTimeout::new(stream, self.idle),
+                        peer,
+                        permit,
+                    });
+                }
+                Err(e) => {
+                    warn!("{}: accept failed: {e}", self.name);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = shutdown.as_mut() => return None,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A stream that fails with `TimedOut` after `timeout` without any read or write.
+///
+/// The deadline is re-armed lazily: activity only records a time stamp; when the timer
+/// fires early it is pushed back to `last activity + timeout`.
+pub struct IdleTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    last: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<S> IdleTimeout<S> {
+    pub fn new(inner: S, timeout: Duration) -> IdleTimeout<S> {
+        let now = Instant::now();
+        IdleTimeout {
+            inner,
+            timeout,
+            last: now,
+            timer: Box::pin(tokio::time::sleep_until(now + timeout)),
+        }
+    }
+
+    /// Polled when the inner stream is pending: `Err` once idle for too long.
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Ok(());
+            }
+            let deadline = self.last + self.timeout;
+            if deadline <= Instant::now() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection idle for too long",
+                ));
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Pending => match this.check(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            },
+            ready => {
+                this.last = Instant::now();
+                ready
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if r.is_ready() {
+            this.last = Instant::now();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if r.is_ready() {
+            this.last = Instant::now();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn the_cap_holds_new_clients_in_the_backlog() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = Acceptor::new("test", listener, 1, Duration::from_secs(60));
+        let never = std::future::pending::<()>();
+        let mut never = std::pin::pin!(never);
+        let _c1 = TcpStream::connect(addr).await.unwrap();
+        let first = acceptor.next(never.as_mut()).await.expect("first");
+        let _c2 = TcpStream::connect(addr).await.unwrap();
+        let second =
+            tokio::time::timeout(Duration::from_millis(200), acceptor.next(never.as_mut())).await;
+        assert!(
+            second.is_err(),
+            "a second connection is not accepted at the cap"
+        );
+        drop(first);
+        let second =
+            tokio::time::timeout(Duration::from_secs(2), acceptor.next(never.as_mut())).await;
+        assert!(
+            matches!(second, Ok(Some(_))),
+            "accepted once the first is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_accepting() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let acceptor = Acceptor::new("test", listener, 4, Duration::from_secs(60));
+        let done = std::future::ready(());
+        let done = std::pin::pin!(done);
+        assert!(acceptor.next(done).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_idle_stream_fails_and_an_active_one_lives() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = Acceptor::new("test", listener, 4, Duration::from_millis(300));
+        let never = std::future::pending::<()>();
+        let mut never = std::pin::pin!(never);
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let mut server = acceptor.next(never.as_mut()).await.unwrap().stream;
+        // Activity every 100 ms keeps it open past the timeout.
+        let mut buf = [0u8; 1];
+        let mut last_activity = Instant::now();
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            client.write_all(b"x").await.unwrap();
+            server.read_exact(&mut buf).await.unwrap();
+            last_activity = Instant::now();
+        }
+        let err = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let idle = last_activity.elapsed();
+        assert!(
+            idle >= Duration::from_millis(290),
+            "closed after {idle:?} of idleness"
+        );
+    }
+}
