@@ -379,6 +379,11 @@ async fn prefer_wait_answers_with_the_result_or_202() {
     .await;
     assert_eq!(resp.status(), 200, "{body:?}");
     assert_eq!(&body[..], b"fast done");
+    assert_eq!(
+        header(&resp, "preference-applied"),
+        None,
+        "the result itself, not an asynchronous answer"
+    );
     let id = header(&resp, "x-task-id").expect("X-Task-Id").to_string();
     assert_eq!(id.len(), 28);
     assert!(

@@ -291,10 +291,13 @@ impl Tasks {
             idempotency_key,
         };
         let mut resp = self.submit(task, prefer.wait).await?;
-        resp.headers_mut().insert(
-            PREFERENCE_APPLIED.clone(),
-            HeaderValue::from_static("respond-async"),
-        );
+        // Only the 202 applied the preference; a `wait=` answer is the result itself.
+        if resp.status() == StatusCode::ACCEPTED {
+            resp.headers_mut().insert(
+                PREFERENCE_APPLIED.clone(),
+                HeaderValue::from_static("respond-async"),
+            );
+        }
         Ok(resp)
     }
 
