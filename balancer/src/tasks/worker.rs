@@ -158,6 +158,15 @@ impl Tasks {
         }
     }
 
+    /// Records a Redis failure and waits `backoff` (then doubled, up to 5 s) before the next
+    /// try; `false` on shutdown.
+    async fn after_failure(&self, e: &StoreError, backoff: &mut Duration) -> bool {
+        self.redis_state(Err(e));
+        let go_on = self.pause(*backoff).await;
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+        go_on
+    }
+
     async fn fetch_loop(&self, store: &Store, permits: &Arc<Semaphore>, tx: mpsc::Sender<Job>) {
         let mut stop = self.shutdown.clone();
         let mut group_ready = false;
@@ -181,12 +190,10 @@ impl Tasks {
                 match store.ensure_group().await {
                     Ok(()) => group_ready = true,
                     Err(e) => {
-                        self.redis_state(Err(&e));
                         drop(held);
-                        if !self.pause(backoff).await {
+                        if !self.after_failure(&e, &mut backoff).await {
                             return;
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
                         continue;
                     }
                 }
@@ -208,12 +215,10 @@ impl Tasks {
                     group_ready = false;
                 }
                 Err(e) => {
-                    self.redis_state(Err(&e));
                     drop(held);
-                    if !self.pause(backoff).await {
+                    if !self.after_failure(&e, &mut backoff).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
