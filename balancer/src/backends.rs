@@ -33,6 +33,7 @@ pub struct BackendStats {
     /// Responses by status class: index 0 = 1xx … 4 = 5xx.
     pub status: [AtomicU64; 5],
     pub ejections: AtomicU64,
+    interval_started: AtomicU64,
     interval_requests: AtomicU64,
     interval_errors: AtomicU64,
     interval_latency: FineHistogram,
@@ -47,6 +48,7 @@ impl BackendStats {
     fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0
             && self.interval_requests.load(Ordering::Relaxed) == 0
+            && self.interval_started.load(Ordering::Relaxed) == 0
     }
 
     /// This backend's part of a report; starts its next interval.
@@ -54,6 +56,7 @@ impl BackendStats {
         let counts = self.interval_latency.take();
         BackendReport {
             id: id.to_string(),
+            started: self.interval_started.swap(0, Ordering::Relaxed),
             requests: self.interval_requests.swap(0, Ordering::Relaxed),
             errors: self.interval_errors.swap(0, Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
@@ -344,6 +347,7 @@ pub struct InFlight(Arc<Backend>);
 impl InFlight {
     pub fn start(b: Arc<Backend>) -> InFlight {
         b.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        b.stats.interval_started.fetch_add(1, Ordering::Relaxed);
         InFlight(b)
     }
 }

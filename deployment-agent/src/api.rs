@@ -188,6 +188,10 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Resp {
     }
 }
 
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 fn stats(snap: &Snapshot) -> Resp {
     let rows: Vec<serde_json::Value> = snap
         .containers
@@ -207,6 +211,11 @@ fn stats(snap: &Snapshot) -> Resp {
                 "overall_score": s.map(|s| s.overall),
                 "utilization_category": c.category,
                 "in_flight": v.in_flight,
+                "requests_per_s": v.traffic.map(|t| round3(t.requests_per_s)),
+                "latency_p50_ms": v.traffic.and_then(|t| t.latency_p50_ms).map(round3),
+                "latency_p99_ms": v.traffic.and_then(|t| t.latency_p99_ms).map(round3),
+                "errors_per_s": v.traffic.map(|t| round3(t.errors_per_s)),
+                "concurrency": v.traffic.map(|t| round3(t.in_flight)),
                 "created_ms": c.created_ms,
                 "ready_ms": c.ready_ms,
                 "scored_ms": c.scored_ms,
@@ -270,6 +279,9 @@ fn health(snap: &Snapshot, reports: &Reports) -> Resp {
             "active": snap.active,
             "queue_version": snap.queue_version,
             "balancers": reports.connected(),
+            "host_saturated": snap.host_saturated,
+            "host_cpu_busy": snap.host_busy.map(round3),
+            "task_queue_depth": snap.task_queue_depth,
         }),
     )
 }
@@ -370,6 +382,77 @@ fn render_metrics(snap: &Snapshot, reports: &Reports) -> String {
                 ],
                 s,
             );
+        }
+    }
+    out.single(
+        "agent_host_saturated",
+        Kind::Gauge,
+        "1 while the host's CPUs are saturated and scale-ups are held.",
+        f64::from(u8::from(snap.host_saturated)),
+    );
+    if let Some(b) = snap.host_busy {
+        out.single(
+            "agent_host_cpu_busy_ratio",
+            Kind::Gauge,
+            "Busy fraction of the host's CPUs over the panic window.",
+            b,
+        );
+    }
+    if let Some(d) = snap.task_queue_depth {
+        out.single(
+            "agent_task_queue_depth",
+            Kind::Gauge,
+            "Task queue depth as the balancers report it.",
+            d,
+        );
+    }
+    let sc = &snap.scaling;
+    out.family(
+        "agent_observed_concurrency",
+        Kind::Gauge,
+        "Mean requests in flight over the pool, by scaler window.",
+    );
+    for (window, w) in [("panic", &sc.panic), ("stable", &sc.stable)] {
+        out.sample(
+            "agent_observed_concurrency",
+            &[("window", window)],
+            w.concurrency,
+        );
+    }
+    type Pick = fn(&crate::traffic::Observed) -> Option<f64>;
+    let per_container: [(&str, &str, Pick); 5] = [
+        (
+            "agent_container_requests_per_second",
+            "Requests completed per second, from the balancers' reports (panic window).",
+            |t| Some(t.requests_per_s),
+        ),
+        (
+            "agent_container_in_flight",
+            "Mean requests in flight, from the balancers' reports (panic window).",
+            |t| Some(t.in_flight),
+        ),
+        (
+            "agent_container_latency_p50_seconds",
+            "Median time to response headers, from the balancers' reports (panic window).",
+            |t| t.latency_p50_ms.map(|x| x / 1000.0),
+        ),
+        (
+            "agent_container_latency_p99_seconds",
+            "99th percentile time to response headers, from the balancers' reports (panic window).",
+            |t| t.latency_p99_ms.map(|x| x / 1000.0),
+        ),
+        (
+            "agent_container_errors_per_second",
+            "Failed requests per second, from the balancers' reports (panic window).",
+            |t| Some(t.errors_per_s),
+        ),
+    ];
+    for (name, help, pick) in per_container {
+        out.family(name, Kind::Gauge, help);
+        for v in &snap.containers {
+            if let Some(x) = v.traffic.as_ref().and_then(pick) {
+                out.sample(name, &[("name", v.container.name.as_str())], x);
+            }
         }
     }
     out.into_string()
@@ -500,6 +583,7 @@ mod tests {
                 sundown_balancers: Vec::new(),
             },
             in_flight: 0,
+            traffic: None,
         }
     }
 

@@ -46,6 +46,16 @@ pub const COOLDOWN_PERIOD: &str = "COOLDOWN_PERIOD";
 pub const SCALE_STEP: &str = "SCALE_STEP";
 pub const SCALE_CHECK_PERIOD: &str = "SCALE_CHECK_PERIOD";
 pub const SCALE_DOWN_STABILIZATION: &str = "SCALE_DOWN_STABILIZATION";
+pub const TARGET_CONCURRENCY: &str = "TARGET_CONCURRENCY";
+pub const TARGET_QUEUE_PER_CONTAINER: &str = "TARGET_QUEUE_PER_CONTAINER";
+pub const STABLE_WINDOW: &str = "STABLE_WINDOW";
+pub const PANIC_WINDOW: &str = "PANIC_WINDOW";
+pub const PANIC_THRESHOLD: &str = "PANIC_THRESHOLD";
+pub const SCALE_TOLERANCE: &str = "SCALE_TOLERANCE";
+pub const SCALE_UP_RATE: &str = "SCALE_UP_RATE";
+pub const SCALE_DOWN_RATE: &str = "SCALE_DOWN_RATE";
+pub const HOST_SATURATION: &str = "HOST_SATURATION";
+pub const SCORE_POWER: &str = "SCORE_POWER";
 pub const CPU_WEIGHT: &str = "CPU_WEIGHT";
 pub const MEMORY_WEIGHT: &str = "MEMORY_WEIGHT";
 pub const NETWORK_WEIGHT: &str = "NETWORK_WEIGHT";
@@ -144,13 +154,37 @@ pub struct ScalingConfig {
     pub critical_threshold: f64,
     /// Minimum time between two scaling actions (`COOLDOWN_PERIOD`).
     pub cooldown: Duration,
-    /// Containers added or removed per action (`SCALE_STEP`).
+    /// A decision may always add or remove at least this many containers, whatever the
+    /// rate limits say (`SCALE_STEP`).
     pub step: usize,
     /// How often the scaler decides (`SCALE_CHECK_PERIOD`).
     pub check_period: Duration,
     /// How long the scale-down condition must hold before the first step
     /// (`SCALE_DOWN_STABILIZATION`; Kubernetes' HPA uses 300 s).
     pub scale_down_window: Duration,
+    /// Requests in flight per container the concurrency signal aims at
+    /// (`TARGET_CONCURRENCY`; `None` = signal off).
+    pub target_concurrency: Option<f64>,
+    /// Queued tasks per container the queue signal aims at (`TARGET_QUEUE_PER_CONTAINER`;
+    /// `None` = signal off).
+    pub target_queue: Option<f64>,
+    /// Window the stable proposals average over (`STABLE_WINDOW`, Knative: 60 s).
+    pub stable_window: Duration,
+    /// Short window for sudden spikes (`PANIC_WINDOW`, Knative: 6 s).
+    pub panic_window: Duration,
+    /// Panic when the panic window proposes at least this many times the current size
+    /// (`PANIC_THRESHOLD`, Knative: 2).
+    pub panic_threshold: f64,
+    /// Dead band of the proportional signals: observed / target within `1 ± tolerance`
+    /// proposes no change (`SCALE_TOLERANCE`, the HPA's 10 %).
+    pub tolerance: f64,
+    /// One decision multiplies the pool by at most this (`SCALE_UP_RATE`).
+    pub up_rate: f64,
+    /// One decision divides the pool by at most this (`SCALE_DOWN_RATE`).
+    pub down_rate: f64,
+    /// Host CPU busy fraction (0..1) over the panic window at or above which the host counts
+    /// as saturated and no container is added (`HOST_SATURATION`; 1 = never).
+    pub host_saturation: f64,
 }
 
 /// Relative importance of the sub-scores. Each is >= 0 and they need not add up to 1:
@@ -189,6 +223,9 @@ pub struct ScoringConfig {
     pub network_capacity_bps: f64,
     /// Response time, in ms, that a failed probe counts as (= `PROBE_TIMEOUT`).
     pub failure_ms: f64,
+    /// Exponent of the power mean of the loads (`SCORE_POWER`, >= 1): 1 is the plain
+    /// weighted mean, larger values let the most loaded dimension dominate.
+    pub power: f64,
 }
 
 /// Whole milliseconds in `d`, saturating.
@@ -198,6 +235,11 @@ pub fn ms(d: Duration) -> u64 {
 
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// A finite number > 0.
+fn positive(v: &str) -> Option<f64> {
+    v.parse::<f64>().ok().filter(|x| x.is_finite() && *x > 0.0)
 }
 
 /// `[A-Za-z0-9_.-]+`.
@@ -315,6 +357,19 @@ impl Config {
             step: r.count(SCALE_STEP, 1, 1),
             check_period: r.positive_duration(SCALE_CHECK_PERIOD, Duration::from_secs(10)),
             scale_down_window: r.duration(SCALE_DOWN_STABILIZATION, Duration::from_secs(60)),
+            target_concurrency: r.opt(TARGET_CONCURRENCY, "a number > 0, e.g. 10", positive),
+            target_queue: r.opt(
+                TARGET_QUEUE_PER_CONTAINER,
+                "a number > 0, e.g. 20",
+                positive,
+            ),
+            stable_window: r.positive_duration(STABLE_WINDOW, Duration::from_secs(60)),
+            panic_window: r.positive_duration(PANIC_WINDOW, Duration::from_secs(6)),
+            panic_threshold: r.number(PANIC_THRESHOLD, 2.0, 1.0, 1000.0),
+            tolerance: r.number(SCALE_TOLERANCE, 0.1, 0.0, 0.99),
+            up_rate: r.number(SCALE_UP_RATE, 4.0, 1.0, 1000.0),
+            down_rate: r.number(SCALE_DOWN_RATE, 2.0, 1.0, 1000.0),
+            host_saturation: r.number(HOST_SATURATION, 0.95, 0.0, 1.0),
         };
         let weights = Weights {
             cpu: r.number(CPU_WEIGHT, 0.35, 0.0, f64::MAX),
@@ -339,6 +394,7 @@ impl Config {
                 |v| parse_bytes(v).filter(|b| *b > 0),
             ) as f64,
             failure_ms: probe_timeout.as_secs_f64() * 1000.0,
+            power: r.number(SCORE_POWER, 4.0, 1.0, 64.0),
         };
         let sample_period = r.positive_duration(SAMPLE_PERIOD, Duration::from_secs(2));
         let probe_path = r.get(
@@ -402,6 +458,11 @@ impl Config {
             s.max_containers >= s.min_containers,
             MAX_CONTAINERS,
             "must be at least DEFAULT_CONTAINER",
+        );
+        rules.check(
+            s.panic_window <= s.stable_window,
+            PANIC_WINDOW,
+            "must not exceed STABLE_WINDOW",
         );
         rules.check(
             s.critical_threshold <= s.high_threshold,

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod config;
 pub mod docker;
+pub mod host;
 pub mod lifecycle;
 pub mod model;
 pub mod probe;
@@ -23,6 +24,7 @@ pub mod reconcile;
 pub mod scaler;
 pub mod scoring;
 pub mod store;
+pub mod traffic;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -144,6 +144,10 @@ pub enum EventKind {
     ContainerDrained,
     DrainTimeout,
     ContainerRemoved,
+    /// The host's CPUs are saturated: scale-ups are held.
+    HostSaturated,
+    /// The host's CPUs are no longer saturated.
+    HostRecovered,
     /// A kind this version does not know (written by a newer agent).
     #[serde(other)]
     Other,
@@ -164,6 +168,8 @@ impl EventKind {
             EventKind::ContainerDrained => "container_drained",
             EventKind::DrainTimeout => "drain_timeout",
             EventKind::ContainerRemoved => "container_removed",
+            EventKind::HostSaturated => "host_saturated",
+            EventKind::HostRecovered => "host_recovered",
             EventKind::Other => "other",
         }
     }

@@ -30,6 +30,8 @@ use crate::model::{now_ms, Millis};
 
 /// Largest frame accepted from a balancer (reports are a few KiB).
 const MAX_FRAME_BYTES: usize = 1 << 20;
+/// Reports kept for the control loop between two rounds (beyond it the oldest are dropped).
+const MAX_PENDING_REPORTS: usize = 10_000;
 /// Concurrent subscribers (balancers); more wait in the listen backlog.
 const MAX_SUBSCRIBERS: usize = 1024;
 /// A subscriber connection with no byte read or written for this long is closed (the agent
@@ -57,8 +59,8 @@ struct Subscriber {
 #[derive(Debug, Default)]
 pub struct Reports {
     subscribers: Mutex<HashMap<u64, Subscriber>>,
-    /// Reports not yet folded into scores by the control loop.
-    pending: Mutex<Vec<Report>>,
+    /// Reports not yet folded into scores by the control loop, with when they arrived.
+    pending: Mutex<Vec<(Millis, Report)>>,
     next_id: AtomicU64,
     received: AtomicU64,
     malformed: AtomicU64,
@@ -91,17 +93,24 @@ impl Reports {
     /// Records a report from connection `id`.
     pub fn record(&self, id: u64, report: Report) {
         self.received.fetch_add(1, Ordering::Relaxed);
+        let at = now_ms();
         if let Some(s) = self.lock().get_mut(&id) {
-            s.latest = Some((report.clone(), now_ms()));
+            s.latest = Some((report.clone(), at));
         }
-        self.pending
+        let mut pending = self
+            .pending
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(report);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Bounded: the loop takes them every round; a stalled loop must not grow this.
+        if pending.len() >= MAX_PENDING_REPORTS {
+            pending.remove(0);
+        }
+        pending.push((at, report));
     }
 
-    /// Reports received since the last call (for scoring).
-    pub fn take_pending(&self) -> Vec<Report> {
+    /// Reports received since the last call, with when they arrived (for scoring and the
+    /// traffic windows).
+    pub fn take_pending(&self) -> Vec<(Millis, Report)> {
         std::mem::take(
             &mut *self
                 .pending

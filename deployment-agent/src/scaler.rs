@@ -1,36 +1,123 @@
-//! Scale decisions: a pure function of the pool, the configuration, a little state and the
-//! time. The caller acts on the [`Decision`] (creates containers, marks victims SUNDOWN),
-//! records it as an event and persists the new desired size.
+//! Scale decisions: a pure function of the pool, the configuration, what the balancers and
+//! the host showed over two windows, a little state and the time. The caller acts on the
+//! [`Decision`] (creates containers, marks victims SUNDOWN), records it as an event with its
+//! inputs and persists the new desired size.
 //!
-//! # Rules
-//! Scores are 100 = idle. Only *scored active* containers (LU/MU/HU with scores) count toward
-//! the average and the minimum; INIT containers never do, SUNDOWN containers are leaving.
-//! - **Up** when `avg < HIGH_LOAD_THRESHOLD` or `min < CRITICAL_LOAD_THRESHOLD`, unless
-//!   capacity is still arriving (an INIT container: its effect is not visible yet, so adding
-//!   more would overshoot), the cooldown since the last action has not passed, or the pool is
-//!   at `MAX_CONTAINERS`. Adds `min(SCALE_STEP, MAX − max(active, desired))`.
-//! - **Down** when `avg > LOW_LOAD_THRESHOLD`, the pool is above `DEFAULT_CONTAINER` and no
-//!   container is INIT, *continuously* for `SCALE_DOWN_STABILIZATION` (like Kubernetes' HPA
-//!   stabilization window) and the cooldown has passed. Removes
-//!   `min(SCALE_STEP, active − DEFAULT)` of the least-loaded containers ([`pick_victims`]).
-//!   While the condition keeps holding, further steps are paced by the cooldown alone.
-//! - Otherwise **Hold**, and the stabilization window restarts.
+//! # Signals
+//! Each signal proposes a pool size; the **largest proposal wins** (as in the HPA with several
+//! metrics). `current` is the number of active (not SUNDOWN) containers.
+//! - **score** (always on; the thresholds of the brief, scores are 100 = idle). With `avg` the
+//!   average and `min` the lowest score of the scored active containers and `load = 100 − avg`:
+//!   - `avg < HIGH_LOAD_THRESHOLD`: `ceil(current × load × backlog / (100 − HIGH))`, so at
+//!     least one more;
+//!   - else `min < CRITICAL_LOAD_THRESHOLD`: `current + 1`;
+//!   - `avg > LOW_LOAD_THRESHOLD`: `ceil(current × load / (100 − (HIGH + LOW) / 2))`: the
+//!     size at which the load would come back to the middle of the band;
+//!   - otherwise `current` (the band between the thresholds is this signal's dead band).
 //!
-//! Up wins over down: one critical container triggers growth even when the average is low.
+//!   `backlog` is requests sent ÷ requests completed over the window, when above
+//!   `1 + SCALE_TOLERANCE`: a saturated pool scores the same whether it is asked for 10 %
+//!   or 300 % more than it serves, and this is what tells them apart.
+//! - **concurrency** (`TARGET_CONCURRENCY`, off when unset): mean requests in flight summed
+//!   over the balancers, per container, against the target: `ceil(current × observed /
+//!   target)` (= `ceil(in_flight / target)`), Knative's metric.
+//! - **queue** (`TARGET_QUEUE_PER_CONTAINER`, off when unset): the task queue depth per
+//!   container against the target, the same way.
+//!
+//! The proportional signals propose `current` while `observed / target` is within
+//! `1 ± SCALE_TOLERANCE` (10 %, the HPA's dead band).
+//!
+//! # Windows, panic and pacing
+//! - Every round computes the proposals over the **panic window** (`PANIC_WINDOW`, 6 s) and
+//!   the **stable window** (`STABLE_WINDOW`, 60 s). Both windows start no earlier than the
+//!   last change of the pool (the newest container's readiness, the last scale action), so
+//!   figures from a smaller pool are not held against a larger one; until two seconds of
+//!   reports cover the new pool the scaler holds ("settling").
+//! - **Panic**: when the panic window proposes at least `PANIC_THRESHOLD` × current (2×), the
+//!   scaler acts at once (without waiting for `SCALE_CHECK_PERIOD`) on the panic proposal, and
+//!   for one stable window afterwards it never scales down. Otherwise it decides every
+//!   `SCALE_CHECK_PERIOD` on the stable proposal.
+//! - **Up**: at most `max(current + SCALE_STEP, ceil(current × SCALE_UP_RATE))`; not while
+//!   a container is INIT (capacity is still arriving: its effect is not visible yet), not
+//!   within `COOLDOWN_PERIOD` of the last action, never above `MAX_CONTAINERS`, and **not when
+//!   the host is saturated** (its CPUs `HOST_SATURATION` busy or more over the panic window:
+//!   more containers would only slice the same CPUs thinner; the state is reported instead).
+//! - **Down**: to the largest stable proposal of the last `SCALE_DOWN_STABILIZATION` (the HPA's
+//!   stabilisation: one busy moment in the window keeps the pool), once proposals have been
+//!   recorded for the whole window; at most `max(SCALE_STEP, current − current /
+//!   SCALE_DOWN_RATE)` removed per decision; not during panic, not while a container is INIT,
+//!   not within the cooldown, never below `DEFAULT_CONTAINER`. The least-loaded containers
+//!   go ([`pick_victims`]).
 
+use std::collections::VecDeque;
+
+use serde::Serialize;
 use serde_json::json;
 
 use crate::config::{ms, ScalingConfig};
 use crate::model::{Category, Container, Millis};
 
+/// Reports must cover at least this much time since the pool changed before the traffic
+/// signals are trusted again.
+pub const SETTLE_MS: u64 = 2_000;
+
 /// What the scaler remembers between decisions (in memory; a restart only delays the next
 /// scale-down by one stabilization window).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScalerState {
     /// When the last Up or Down was decided.
     pub last_scale_ms: Option<Millis>,
-    /// Since when the scale-down condition has held without a break.
-    pub low_since_ms: Option<Millis>,
+    /// Panic mode holds until then (no scale-down).
+    pub panic_until_ms: Option<Millis>,
+    /// Stable proposals `(at, size)` of the last `SCALE_DOWN_STABILIZATION`.
+    pub recommendations: VecDeque<(Millis, usize)>,
+    /// Since when proposals have been recorded without a gap (the window is covered).
+    pub recording_since_ms: Option<Millis>,
+    /// The host was saturated at the last decision.
+    pub host_saturated: bool,
+}
+
+/// What one window showed (traffic since the pool last changed, within the window).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct WindowStats {
+    /// Mean requests in flight, summed over the balancers and containers.
+    pub concurrency: f64,
+    /// Requests sent ÷ requests completed; `None` without completed requests.
+    pub backlog: Option<f64>,
+    /// Mean task queue depth reported; `None` when no balancer reports one.
+    pub queue_depth: Option<f64>,
+    /// Milliseconds of reports in the window.
+    pub covered_ms: u64,
+}
+
+/// The inputs of a decision besides the pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Observed {
+    pub panic: WindowStats,
+    pub stable: WindowStats,
+    /// Mean busy fraction of the host's CPUs over the panic window; `None` when unknown.
+    pub host_busy: Option<f64>,
+    /// Balancers that reported during the stable window.
+    pub balancers: usize,
+}
+
+/// Which signal made a proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    Score,
+    Concurrency,
+    Queue,
+}
+
+/// One signal's proposed pool size and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Proposal {
+    pub signal: Signal,
+    pub desired: usize,
+    pub observed: f64,
+    pub target: f64,
+    pub why: String,
 }
 
 /// The outcome of one [`decide`] call.
@@ -60,44 +147,210 @@ impl Decision {
     }
 }
 
-/// Decides whether to scale the pool now. See the module docs for the rules.
-///
-/// `desired` is the current desired size (persisted); `now` is the current time.
-pub fn decide(
-    pool: &[Container],
-    desired: usize,
-    cfg: &ScalingConfig,
-    state: &mut ScalerState,
-    now: Millis,
-) -> Decision {
-    let active = pool.iter().filter(|c| c.is_active()).count();
-    let starting = pool.iter().filter(|c| c.category == Category::Init).count();
+/// `ceil(current × observed / target)`, or `current` within the dead band.
+pub fn proportional(current: usize, observed: f64, target: f64, tolerance: f64) -> usize {
+    if target.is_nan() || target <= 0.0 || !observed.is_finite() {
+        return current;
+    }
+    let ratio = observed / target;
+    if (ratio - 1.0).abs() <= tolerance {
+        return current;
+    }
+    // The small epsilon keeps 2.0000000001 from becoming 3.
+    let want = (current as f64 * ratio - 1e-9).ceil();
+    if want <= 0.0 {
+        0
+    } else {
+        want as usize
+    }
+}
+
+/// Scores of the scored active containers: `(average, minimum)`.
+fn score_stats(pool: &[Container]) -> Option<(f64, f64)> {
     let scored: Vec<f64> = pool
         .iter()
         .filter(|c| c.is_scored_active())
         .filter_map(Container::overall)
         .collect();
     if scored.is_empty() {
-        state.low_since_ms = None;
-        return Decision::hold("no scored container yet");
+        return None;
     }
     let avg = scored.iter().sum::<f64>() / scored.len() as f64;
     let min = scored.iter().copied().fold(f64::INFINITY, f64::min);
-    let cooldown_ms = ms(cfg.cooldown);
-    let since_last = state.last_scale_ms.map(|t| now.saturating_sub(t));
-    let cooling = since_last.filter(|s| *s < cooldown_ms);
+    Some((avg, min))
+}
+
+/// Every enabled signal's proposal over one window.
+pub fn proposals(
+    pool: &[Container],
+    current: usize,
+    cfg: &ScalingConfig,
+    w: &WindowStats,
+) -> Vec<Proposal> {
+    let mut out = Vec::new();
+    let current = current.max(1);
+    if let Some((avg, min)) = score_stats(pool) {
+        let load = 100.0 - avg;
+        let backlog = w
+            .backlog
+            .filter(|b| b.is_finite() && *b > 1.0 + cfg.tolerance)
+            .unwrap_or(1.0);
+        let with_backlog = if backlog > 1.0 {
+            format!(", {backlog:.2}× more requests sent than completed")
+        } else {
+            String::new()
+        };
+        let (desired, target, why) = if avg < cfg.high_threshold {
+            let target = 100.0 - cfg.high_threshold;
+            let want = proportional(current, load * backlog, target, 0.0).max(current + 1);
+            (
+                want,
+                target,
+                format!(
+                    "average score {avg:.1} below HIGH_LOAD_THRESHOLD {}{with_backlog}",
+                    cfg.high_threshold
+                ),
+            )
+        } else if min < cfg.critical_threshold {
+            (
+                current + 1,
+                100.0 - cfg.critical_threshold,
+                format!(
+                    "lowest score {min:.1} below CRITICAL_LOAD_THRESHOLD {}",
+                    cfg.critical_threshold
+                ),
+            )
+        } else if avg > cfg.low_threshold {
+            let target = 100.0 - (cfg.high_threshold + cfg.low_threshold) / 2.0;
+            (
+                proportional(current, load, target, 0.0).min(current),
+                target,
+                format!(
+                    "average score {avg:.1} above LOW_LOAD_THRESHOLD {}",
+                    cfg.low_threshold
+                ),
+            )
+        } else {
+            (
+                current,
+                100.0 - avg,
+                format!("average score {avg:.1} within the thresholds"),
+            )
+        };
+        out.push(Proposal {
+            signal: Signal::Score,
+            desired,
+            observed: round2(load * backlog),
+            target,
+            why,
+        });
+    }
+    if let (Some(target), true) = (cfg.target_concurrency, w.covered_ms > 0) {
+        let per = w.concurrency / current as f64;
+        out.push(Proposal {
+            signal: Signal::Concurrency,
+            desired: proportional(current, per, target, cfg.tolerance),
+            observed: round2(w.concurrency),
+            target,
+            why: format!(
+                "concurrency {:.1} / target {target} per container",
+                w.concurrency
+            ),
+        });
+    }
+    if let (Some(target), Some(depth)) = (cfg.target_queue, w.queue_depth) {
+        let per = depth / current as f64;
+        out.push(Proposal {
+            signal: Signal::Queue,
+            desired: proportional(current, per, target, cfg.tolerance),
+            observed: round2(depth),
+            target,
+            why: format!("task queue depth {depth:.0} / target {target} per container"),
+        });
+    }
+    out
+}
+
+/// The winning (largest) proposal; ties go to the first signal.
+fn winner(props: &[Proposal]) -> Option<&Proposal> {
+    props
+        .iter()
+        .reduce(|best, p| if p.desired > best.desired { p } else { best })
+}
+
+/// Decides whether to scale the pool now (see the module docs).
+///
+/// `desired` is the current desired size; `check_due`: `SCALE_CHECK_PERIOD` has passed since
+/// the last check (panic acts regardless).
+pub fn decide(
+    pool: &[Container],
+    desired: usize,
+    cfg: &ScalingConfig,
+    state: &mut ScalerState,
+    obs: &Observed,
+    now: Millis,
+    check_due: bool,
+) -> Decision {
+    let active = pool.iter().filter(|c| c.is_active()).count();
+    let starting = pool.iter().filter(|c| c.category == Category::Init).count();
+    let current = active.max(1);
+    let host_busy = obs.host_busy.filter(|b| b.is_finite());
+    state.host_saturated =
+        cfg.host_saturation < 1.0 && host_busy.is_some_and(|b| b >= cfg.host_saturation);
+
+    if obs.balancers > 0 && obs.panic.covered_ms < SETTLE_MS.min(ms(cfg.panic_window)) {
+        return Decision::hold(format!(
+            "settling: {} ms of reports since the pool changed",
+            obs.panic.covered_ms
+        ));
+    }
+    let panic_props = proposals(pool, current, cfg, &obs.panic);
+    let stable_props = proposals(pool, current, cfg, &obs.stable);
+    let (Some(panic_best), Some(stable_best)) = (winner(&panic_props), winner(&stable_props))
+    else {
+        state.recording_since_ms = None;
+        state.recommendations.clear();
+        return Decision::hold("no scored container and no traffic signal yet");
+    };
+
+    // Stabilisation of scale-down: remember the stable proposals.
+    let window_ms = ms(cfg.scale_down_window);
+    state.recording_since_ms.get_or_insert(now);
+    state.recommendations.push_back((now, stable_best.desired));
+    while state
+        .recommendations
+        .front()
+        .is_some_and(|(at, _)| now.saturating_sub(*at) > window_ms)
+    {
+        state.recommendations.pop_front();
+    }
+
+    let panicking = panic_best.desired as f64 >= cfg.panic_threshold * current as f64;
+    if panicking {
+        state.panic_until_ms = Some(now + ms(cfg.stable_window));
+    }
+    let in_panic = state.panic_until_ms.is_some_and(|t| now < t);
+    if !check_due && !panicking {
+        return Decision::hold("waiting for the next check");
+    }
+    let (best, props, window) = if in_panic && panic_best.desired >= stable_best.desired {
+        (panic_best, &panic_props, "panic")
+    } else {
+        (stable_best, &stable_props, "stable")
+    };
+    let bounded = best.desired.clamp(cfg.min_containers, cfg.max_containers);
     let details = |extra: serde_json::Value| {
         let mut d = json!({
-            "avg": round2(avg),
-            "min": round2(min),
-            "scored": scored.len(),
-            "active": active,
-            "starting": starting,
+            "current": current,
             "desired": desired,
-            "high_threshold": cfg.high_threshold,
-            "low_threshold": cfg.low_threshold,
-            "critical_threshold": cfg.critical_threshold,
-            "default_containers": cfg.min_containers,
+            "starting": starting,
+            "window": window,
+            "panic": in_panic,
+            "proposals": props,
+            "panic_proposals": panic_props,
+            "stable_proposals": stable_props,
+            "host_busy": host_busy.map(round2),
+            "min_containers": cfg.min_containers,
             "max_containers": cfg.max_containers,
         });
         if let (Some(d), serde_json::Value::Object(extra)) = (d.as_object_mut(), extra) {
@@ -105,20 +358,69 @@ pub fn decide(
         }
         d
     };
+    let cooldown_ms = ms(cfg.cooldown);
+    let cooling = state
+        .last_scale_ms
+        .map(|t| now.saturating_sub(t))
+        .filter(|s| *s < cooldown_ms);
+    let why = if in_panic {
+        format!("{} ({window} window, panic)", best.why)
+    } else {
+        format!("{} ({window} window)", best.why)
+    };
 
-    if avg < cfg.high_threshold || min < cfg.critical_threshold {
-        state.low_since_ms = None;
-        let why = if avg < cfg.high_threshold {
-            format!(
-                "average score {avg:.1} below HIGH_LOAD_THRESHOLD {}",
-                cfg.high_threshold
-            )
+    if bounded > current {
+        if starting > 0 {
+            return Decision::hold(format!(
+                "{why}, waiting for {starting} starting container(s)"
+            ));
+        }
+        if state.host_saturated {
+            return Decision::hold(format!(
+                "{why}, but the host is saturated ({:.0} % of its CPUs busy): more containers would not help",
+                host_busy.unwrap_or(1.0) * 100.0
+            ));
+        }
+        if let Some(s) = cooling {
+            return Decision::hold(format!("{why}, cooling down ({s} of {cooldown_ms} ms)"));
+        }
+        let rate_cap = (current + cfg.step).max((current as f64 * cfg.up_rate).ceil() as usize);
+        let to = bounded.min(rate_cap);
+        state.last_scale_ms = Some(now);
+        let limited = if to < bounded {
+            format!(" (limited by SCALE_UP_RATE from {bounded})")
         } else {
-            format!(
-                "lowest score {min:.1} below CRITICAL_LOAD_THRESHOLD {}",
-                cfg.critical_threshold
-            )
+            String::new()
         };
+        return Decision::Up {
+            count: to - current,
+            reason: format!("{why}{limited}"),
+            details: details(json!({ "to": to, "proposed": best.desired })),
+        };
+    }
+
+    if bounded < current && !in_panic {
+        let covered = state
+            .recording_since_ms
+            .is_some_and(|t| now.saturating_sub(t) >= window_ms);
+        let stabilised = state
+            .recommendations
+            .iter()
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or(current)
+            .clamp(cfg.min_containers, cfg.max_containers);
+        if !covered {
+            return Decision::hold(format!(
+                "{why}, proposals recorded for {} of {window_ms} ms",
+                now.saturating_sub(state.recording_since_ms.unwrap_or(now))
+            ));
+        }
+        if stabilised >= current {
+            return Decision::hold(format!(
+                "{why}, but a proposal of the last {window_ms} ms needs {stabilised}"
+            ));
+        }
         if starting > 0 {
             return Decision::hold(format!(
                 "{why}, waiting for {starting} starting container(s)"
@@ -127,50 +429,22 @@ pub fn decide(
         if let Some(s) = cooling {
             return Decision::hold(format!("{why}, cooling down ({s} of {cooldown_ms} ms)"));
         }
-        let base = active.max(desired);
-        let count = cfg.step.min(cfg.max_containers.saturating_sub(base));
-        if count == 0 {
-            return Decision::hold(format!("{why}, at MAX_CONTAINERS {}", cfg.max_containers));
-        }
-        state.last_scale_ms = Some(now);
-        return Decision::Up {
-            count,
-            reason: format!("{why}: adding {count}"),
-            details: details(json!({ "count": count })),
-        };
-    }
-
-    if avg > cfg.low_threshold && active > cfg.min_containers && starting == 0 {
-        let since = *state.low_since_ms.get_or_insert(now);
-        let window_ms = ms(cfg.scale_down_window);
-        let held = now.saturating_sub(since);
-        let why = format!(
-            "average score {avg:.1} above LOW_LOAD_THRESHOLD {}",
-            cfg.low_threshold
-        );
-        if held < window_ms {
-            return Decision::hold(format!("{why} for {held} of {window_ms} ms"));
-        }
-        if let Some(s) = cooling {
-            return Decision::hold(format!("{why}, cooling down ({s} of {cooldown_ms} ms)"));
-        }
-        let n = cfg.step.min(active - cfg.min_containers);
-        let victims = pick_victims(pool, n);
+        let most = cfg
+            .step
+            .max(current - (current as f64 / cfg.down_rate).ceil() as usize);
+        let to = stabilised.max(current.saturating_sub(most));
+        let victims = pick_victims(pool, current - to);
         if victims.is_empty() {
             return Decision::hold(format!("{why}, but no container can be removed"));
         }
         state.last_scale_ms = Some(now);
         return Decision::Down {
-            reason: format!("{why} for {held} ms: removing {}", victims.len()),
-            details: details(json!({ "victims": victims, "low_for_ms": held })),
+            reason: why,
+            details: details(json!({ "to": current - victims.len(), "victims": victims })),
             victims,
         };
     }
-
-    state.low_since_ms = None;
-    Decision::hold(format!(
-        "average score {avg:.1}, lowest {min:.1}: within thresholds"
-    ))
+    Decision::hold(format!("{why}: {current} is right"))
 }
 
 fn round2(x: f64) -> f64 {
@@ -205,8 +479,8 @@ mod tests {
 
     fn cfg() -> ScalingConfig {
         ScalingConfig {
-            min_containers: 2,
-            max_containers: 4,
+            min_containers: 1,
+            max_containers: 10,
             high_threshold: 55.0,
             low_threshold: 80.0,
             critical_threshold: 20.0,
@@ -214,6 +488,15 @@ mod tests {
             step: 1,
             check_period: Duration::from_secs(10),
             scale_down_window: Duration::from_secs(60),
+            target_concurrency: None,
+            target_queue: None,
+            stable_window: Duration::from_secs(60),
+            panic_window: Duration::from_secs(6),
+            panic_threshold: 2.0,
+            tolerance: 0.1,
+            up_rate: 4.0,
+            down_rate: 2.0,
+            host_saturation: 0.95,
         }
     }
 
@@ -247,266 +530,425 @@ mod tests {
             .enumerate()
             .map(|(i, s)| {
                 let id = char::from(b'a' + i as u8).to_string();
-                container(&id, scoring_category(*s), Some(*s), i as u64)
+                let cat = crate::scoring::category(*s, 70.0, 40.0);
+                container(&id, cat, Some(*s), i as u64)
             })
             .collect()
     }
 
-    fn scoring_category(s: f64) -> Category {
-        crate::scoring::category(s, 70.0, 40.0)
-    }
-
-    fn is_up(d: &Decision) -> Option<usize> {
-        match d {
-            Decision::Up { count, .. } => Some(*count),
-            _ => None,
-        }
-    }
-
-    fn victims(d: &Decision) -> Option<Vec<String>> {
-        match d {
-            Decision::Down { victims, .. } => Some(victims.clone()),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn up_on_low_average() {
-        let mut st = ScalerState::default();
-        let d = decide(&pool(&[50.0, 50.0]), 2, &cfg(), &mut st, 1_000);
-        assert_eq!(is_up(&d), Some(1), "{d:?}");
-        assert_eq!(st.last_scale_ms, Some(1_000));
-        let Decision::Up { details, .. } = d else {
-            unreachable!()
+    /// The same traffic over both windows, with plenty of coverage.
+    fn seen(concurrency: f64, backlog: Option<f64>, depth: Option<f64>) -> Observed {
+        let w = WindowStats {
+            concurrency,
+            backlog,
+            queue_depth: depth,
+            covered_ms: 6_000,
         };
-        assert_eq!(details["avg"], 50.0);
-        assert_eq!(details["active"], 2);
-        assert_eq!(details["high_threshold"], 55.0);
+        Observed {
+            panic: w,
+            stable: w,
+            host_busy: Some(0.5),
+            balancers: 1,
+        }
+    }
+
+    fn quiet() -> Observed {
+        seen(0.0, None, None)
+    }
+
+    fn to(d: &Decision, current: usize) -> Option<usize> {
+        match d {
+            Decision::Up { count, .. } => Some(current + count),
+            Decision::Down { victims, .. } => Some(current - victims.len()),
+            Decision::Hold { .. } => None,
+        }
+    }
+
+    fn hold_reason(d: &Decision) -> &str {
+        match d {
+            Decision::Hold { reason } => reason,
+            other => panic!("not a hold: {other:?}"),
+        }
     }
 
     #[test]
-    fn up_on_one_critical_container() {
-        // Average (19 + 95 + 95) / 3 = 69.67 is fine, but one container is at 19 < 20.
-        let mut st = ScalerState::default();
-        let d = decide(&pool(&[19.0, 95.0, 95.0]), 3, &cfg(), &mut st, 0);
-        assert_eq!(is_up(&d), Some(1), "{d:?}");
-        // The critical rule wins even when the average would call for scaling down.
-        let mut st = ScalerState::default();
-        // Average (19 + 4·100) / 5 = 83.8 > LOW, yet one container is critical.
+    fn proportional_with_dead_band() {
+        // (current, observed, target, tolerance, want)
+        let table = [
+            (2, 10.0, 10.0, 0.1, 2),
+            (2, 10.9, 10.0, 0.1, 2), // within 10 %
+            (2, 11.1, 10.0, 0.1, 3), // just outside: ceil(2.22)
+            (2, 9.0, 10.0, 0.1, 2),
+            (2, 8.9, 10.0, 0.1, 2), // ceil(1.78) = 2
+            (4, 5.0, 10.0, 0.1, 2),
+            (1, 41.0, 10.0, 0.1, 5), // 41 in flight / 10 per container
+            (3, 0.0, 10.0, 0.1, 0),
+            (2, 20.0, 10.0, 0.0, 4), // exactly 2× → 4, not 5
+            (2, f64::NAN, 10.0, 0.1, 2),
+            (2, 10.0, 0.0, 0.1, 2),
+        ];
+        for (current, observed, target, tol, want) in table {
+            assert_eq!(
+                proportional(current, observed, target, tol),
+                want,
+                "{current} {observed} {target} {tol}"
+            );
+        }
+    }
+
+    #[test]
+    fn score_proposals() {
+        let c = cfg();
+        // (scores, backlog, proposal)
+        let table: &[(&[f64], Option<f64>, usize)] = &[
+            // Load 55 / 45 × 2 = 2.44 → 3.
+            (&[45.0, 45.0], None, 3),
+            // Just below HIGH: at least one more.
+            (&[54.9, 54.9], None, 3),
+            // Saturated, 3× more sent than completed: 77 × 3 / 45 × 1 = 5.13 → 6.
+            (&[23.0], Some(3.0), 6),
+            // A backlog within the tolerance is ignored.
+            (&[23.0], Some(1.05), 2),
+            // One critical container, average fine: one more.
+            (&[90.0, 90.0, 10.0], None, 4),
+            // Within the band: no change.
+            (&[60.0, 75.0], None, 2),
+            // Idle: shrink to where the load would be mid-band: 4 × 5 / 32.5 = 0.6 → 1.
+            (&[95.0, 95.0, 95.0, 95.0], None, 1),
+            // Above LOW but not idle: 4 × 18 / 32.5 = 2.2 → 3.
+            (&[82.0, 82.0, 82.0, 82.0], None, 3),
+        ];
+        for (scores, backlog, want) in table {
+            let p = pool(scores);
+            let w = WindowStats {
+                backlog: *backlog,
+                covered_ms: 6000,
+                ..WindowStats::default()
+            };
+            let props = proposals(&p, scores.len(), &c, &w);
+            assert_eq!(props.len(), 1, "only the score signal is on");
+            assert_eq!(props[0].desired, *want, "{scores:?} {backlog:?}: {props:?}");
+        }
+    }
+
+    #[test]
+    fn the_largest_proposal_wins() {
         let c = ScalingConfig {
-            max_containers: 6,
+            target_concurrency: Some(10.0),
+            target_queue: Some(20.0),
             ..cfg()
         };
+        let p = pool(&[60.0, 60.0]);
+        let props = proposals(&p, 2, &c, &seen(41.0, None, Some(30.0)).stable);
+        let by = |s: Signal| props.iter().find(|p| p.signal == s).unwrap().desired;
+        assert_eq!(by(Signal::Score), 2);
+        assert_eq!(by(Signal::Concurrency), 5);
+        assert_eq!(by(Signal::Queue), 2); // 15 per container, ceil(2 × 0.75) = 2
+        assert_eq!(winner(&props).unwrap().signal, Signal::Concurrency);
+        // The queue signal wins with a deep queue.
+        let props = proposals(&p, 2, &c, &seen(10.0, None, Some(190.0)).stable);
+        let w = winner(&props).unwrap();
+        assert_eq!((w.signal, w.desired), (Signal::Queue, 10));
+        // Off when unset.
+        assert_eq!(
+            proposals(&p, 2, &cfg(), &seen(41.0, None, Some(190.0)).stable).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_spike_panics_and_acts_before_the_check_is_due() {
+        let c = ScalingConfig {
+            target_concurrency: Some(10.0),
+            ..cfg()
+        };
+        let mut st = ScalerState::default();
+        let p = pool(&[60.0]);
+        let mut obs = seen(8.0, None, None);
+        obs.panic.concurrency = 41.0;
+        let d = decide(&p, 1, &c, &mut st, &obs, 1_000, false);
+        assert_eq!(to(&d, 1), Some(4), "{d:?}");
+        let Decision::Up {
+            reason, details, ..
+        } = &d
+        else {
+            unreachable!()
+        };
+        assert!(reason.contains("concurrency 41.0 / target 10"), "{reason}");
+        assert!(
+            reason.contains("limited by SCALE_UP_RATE from 5"),
+            "{reason}"
+        );
+        assert!(reason.contains("panic"), "{reason}");
+        assert_eq!(details["window"], "panic");
+        assert_eq!(st.panic_until_ms, Some(61_000));
+        // Below the panic threshold (3 → 4) nothing happens until the check is due…
+        let p = pool(&[60.0, 60.0, 60.0]);
+        let mut st = ScalerState::default();
+        obs.panic.concurrency = 40.0;
+        obs.stable.concurrency = 40.0;
+        let d = decide(&p, 3, &c, &mut st, &obs, 1_000, false);
+        assert_eq!(hold_reason(&d), "waiting for the next check");
+        // …then the stable window decides.
+        let d = decide(&p, 3, &c, &mut st, &obs, 1_000, true);
+        assert_eq!(to(&d, 3), Some(4), "{d:?}");
+    }
+
+    #[test]
+    fn up_is_rate_limited_bounded_and_waits_for_capacity() {
+        let c = ScalingConfig {
+            target_concurrency: Some(1.0),
+            up_rate: 2.0,
+            ..cfg()
+        };
+        let p = pool(&[60.0, 60.0]);
+        // 100 in flight wants 100: at most ×2 → 4.
+        let mut st = ScalerState::default();
+        let d = decide(&p, 2, &c, &mut st, &seen(100.0, None, None), 0, true);
+        assert_eq!(to(&d, 2), Some(4), "{d:?}");
+        // SCALE_STEP is the floor of the rate: ×1 with step 3 still adds 3.
+        let c1 = ScalingConfig {
+            up_rate: 1.0,
+            step: 3,
+            ..c.clone()
+        };
         let d = decide(
-            &pool(&[19.0, 100.0, 100.0, 100.0, 100.0]),
-            5,
-            &c,
-            &mut st,
+            &p,
+            2,
+            &c1,
+            &mut ScalerState::default(),
+            &seen(100.0, None, None),
             0,
+            true,
         );
-        assert_eq!(is_up(&d), Some(1), "{d:?}");
-    }
-
-    #[test]
-    fn boundaries_are_strict() {
-        let mut st = ScalerState::default();
-        // avg exactly HIGH, min exactly CRITICAL: no scale-up; avg exactly LOW: no scale-down.
-        let d = decide(&pool(&[55.0, 55.0]), 2, &cfg(), &mut st, 0);
-        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
-        let d = decide(&pool(&[20.0, 90.0]), 2, &cfg(), &mut st, 0);
-        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
-        let d = decide(&pool(&[80.0, 80.0, 80.0]), 3, &cfg(), &mut st, 0);
-        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
-        assert_eq!(st.low_since_ms, None);
-    }
-
-    #[test]
-    fn no_scale_up_during_cooldown() {
-        let mut st = ScalerState::default();
-        let p = pool(&[30.0, 30.0]);
-        assert!(is_up(&decide(&p, 2, &cfg(), &mut st, 10_000)).is_some());
-        let d = decide(&p, 3, &cfg(), &mut st, 14_999);
-        assert!(
-            matches!(&d, Decision::Hold { reason } if reason.contains("cooling")),
-            "{d:?}"
-        );
-        assert!(is_up(&decide(&p, 3, &cfg(), &mut st, 15_000)).is_some());
-    }
-
-    #[test]
-    fn never_above_max() {
-        let mut st = ScalerState::default();
-        let big_step = ScalingConfig { step: 5, ..cfg() };
-        // 2 active, desired 2, max 4 → at most 2 more.
-        assert_eq!(
-            is_up(&decide(&pool(&[10.0, 10.0]), 2, &big_step, &mut st, 0)),
-            Some(2)
-        );
-        // Desired already 3 (one being created): only 1 more.
-        let mut st = ScalerState::default();
-        assert_eq!(
-            is_up(&decide(&pool(&[10.0, 10.0]), 3, &big_step, &mut st, 0)),
-            Some(1)
-        );
-        // At max.
-        let mut st = ScalerState::default();
-        let d = decide(&pool(&[10.0; 4]), 4, &big_step, &mut st, 0);
-        assert!(
-            matches!(&d, Decision::Hold { reason } if reason.contains("MAX_CONTAINERS")),
-            "{d:?}"
-        );
-        assert_eq!(st.last_scale_ms, None);
-    }
-
-    #[test]
-    fn init_containers_block_up_and_are_not_averaged() {
-        let mut st = ScalerState::default();
-        let mut p = pool(&[30.0, 30.0]);
-        p.push(container("new", Category::Init, None, 100));
-        let d = decide(&p, 3, &cfg(), &mut st, 0);
-        assert!(
-            matches!(&d, Decision::Hold { reason } if reason.contains("waiting for 1 starting")),
-            "{d:?}"
-        );
-        // An INIT container with (stale) scores does not count toward the average either:
-        // the three scored containers average 90, above LOW, but INIT blocks scale-down too.
-        let mut p = pool(&[90.0, 90.0, 90.0]);
-        p.push(container("new", Category::Init, Some(0.0), 100));
-        let d = decide(&p, 4, &cfg(), &mut st, 0);
-        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
-        assert_eq!(st.low_since_ms, None);
-        // Only INIT containers: nothing to decide on.
+        assert_eq!(to(&d, 2), Some(5), "{d:?}");
+        // Never above MAX_CONTAINERS.
+        let big = ScalingConfig {
+            up_rate: 100.0,
+            ..c.clone()
+        };
         let d = decide(
-            &[container("x", Category::Init, None, 0)],
+            &p,
+            2,
+            &big,
+            &mut ScalerState::default(),
+            &seen(100.0, None, None),
+            0,
+            true,
+        );
+        assert_eq!(to(&d, 2), Some(10), "{d:?}");
+        // Cooldown since the last action.
+        let mut st = ScalerState {
+            last_scale_ms: Some(0),
+            ..ScalerState::default()
+        };
+        let d = decide(&p, 2, &c, &mut st, &seen(100.0, None, None), 4_000, true);
+        assert!(
+            hold_reason(&d).contains("cooling down (4000 of 5000 ms)"),
+            "{d:?}"
+        );
+        // A starting container: capacity is arriving.
+        let mut q = p.clone();
+        q.push(container("z", Category::Init, None, 9));
+        let d = decide(
+            &q,
+            3,
+            &c,
+            &mut ScalerState::default(),
+            &seen(100.0, None, None),
+            0,
+            true,
+        );
+        assert!(hold_reason(&d).contains("waiting for 1 starting"), "{d:?}");
+    }
+
+    #[test]
+    fn a_saturated_host_gets_no_more_containers() {
+        let mut st = ScalerState::default();
+        let p = pool(&[20.0, 20.0]);
+        let mut obs = quiet();
+        obs.host_busy = Some(0.97);
+        let d = decide(&p, 2, &cfg(), &mut st, &obs, 0, true);
+        assert!(hold_reason(&d).contains("host is saturated (97 %"), "{d:?}");
+        assert!(st.host_saturated);
+        // The same pool on a host with room grows.
+        obs.host_busy = Some(0.6);
+        let d = decide(&p, 2, &cfg(), &mut st, &obs, 0, true);
+        assert!(to(&d, 2).is_some_and(|n| n > 2), "{d:?}");
+        assert!(!st.host_saturated);
+        // HOST_SATURATION 1 turns it off; an unknown host load never blocks.
+        let off = ScalingConfig {
+            host_saturation: 1.0,
+            ..cfg()
+        };
+        obs.host_busy = Some(1.0);
+        let mut st = ScalerState::default();
+        assert!(to(&decide(&p, 2, &off, &mut st, &obs, 0, true), 2).is_some());
+        obs.host_busy = None;
+        let mut st = ScalerState::default();
+        assert!(to(&decide(&p, 2, &cfg(), &mut st, &obs, 0, true), 2).is_some());
+    }
+
+    #[test]
+    fn settling_after_a_change() {
+        let mut obs = seen(40.0, None, None);
+        obs.panic.covered_ms = 1_000;
+        let d = decide(
+            &pool(&[20.0]),
             1,
             &cfg(),
-            &mut st,
+            &mut ScalerState::default(),
+            &obs,
             0,
+            true,
         );
+        assert!(hold_reason(&d).starts_with("settling"), "{d:?}");
+        // Without any balancer, the score signal alone decides.
+        obs.balancers = 0;
+        let d = decide(
+            &pool(&[20.0]),
+            1,
+            &cfg(),
+            &mut ScalerState::default(),
+            &obs,
+            0,
+            true,
+        );
+        assert!(to(&d, 1).is_some(), "{d:?}");
+    }
+
+    #[test]
+    fn down_is_stabilised_rate_limited_and_bounded() {
+        let c = ScalingConfig {
+            min_containers: 2,
+            scale_down_window: Duration::from_secs(60),
+            ..cfg()
+        };
+        let p = pool(&[98.0; 8]);
+        let mut st = ScalerState::default();
+        let mut now = 0;
+        // Proposals are recorded for a whole window before the first step.
+        while now < 60_000 {
+            let d = decide(&p, 8, &c, &mut st, &quiet(), now, true);
+            assert!(
+                hold_reason(&d).contains("proposals recorded for"),
+                "{now}: {d:?}"
+            );
+            now += 2_000;
+        }
+        let d = decide(&p, 8, &c, &mut st, &quiet(), now, true);
+        // 8 → at most halved → 4 (the proposal, 1, is below DEFAULT_CONTAINER 2 anyway).
+        assert_eq!(to(&d, 8), Some(4), "{d:?}");
+        // One busy proposal in the window keeps the pool.
+        let mut st = ScalerState::default();
+        for t in (0..=60_000).step_by(2_000) {
+            let scores = if t == 30_000 { [50.0; 8] } else { [98.0; 8] };
+            let _ = decide(&pool(&scores), 8, &c, &mut st, &quiet(), t, t != 30_000);
+        }
+        let d = decide(&p, 8, &c, &mut st, &quiet(), 62_000, true);
         assert!(
-            matches!(&d, Decision::Hold { reason } if reason.contains("no scored")),
+            hold_reason(&d).contains("a proposal of the last 60000 ms needs"),
             "{d:?}"
         );
-    }
-
-    #[test]
-    fn down_only_after_the_window_then_paced_by_cooldown() {
+        // Never below DEFAULT_CONTAINER.
+        let small = pool(&[98.0, 98.0]);
         let mut st = ScalerState::default();
-        let p = pool(&[90.0, 95.0, 85.0, 90.0]);
-        let c = cfg();
-        let d = decide(&p, 4, &c, &mut st, 1_000);
-        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
-        assert_eq!(st.low_since_ms, Some(1_000));
-        assert!(victims(&decide(&p, 4, &c, &mut st, 60_999)).is_none());
-        let v = victims(&decide(&p, 4, &c, &mut st, 61_000)).unwrap();
-        assert_eq!(v, ["b"], "highest score = least loaded");
-        assert_eq!(st.last_scale_ms, Some(61_000));
-        assert_eq!(
-            st.low_since_ms,
-            Some(1_000),
-            "window kept while the condition holds"
-        );
-        // Next step: the window has passed, only the cooldown paces it.
-        let p2: Vec<Container> = p.iter().filter(|c| c.id != "b").cloned().collect();
-        assert!(victims(&decide(&p2, 3, &c, &mut st, 65_999)).is_none());
-        // a and d tie at 90: the newer one (d) goes first.
-        assert_eq!(
-            victims(&decide(&p2, 3, &c, &mut st, 66_000)).unwrap(),
-            ["d"]
-        );
+        for t in (0..=62_000).step_by(2_000) {
+            let d = decide(&small, 2, &c, &mut st, &quiet(), t, true);
+            assert!(matches!(d, Decision::Hold { .. }), "{t}: {d:?}");
+        }
     }
 
     #[test]
-    fn window_resets_when_the_condition_breaks() {
-        let mut st = ScalerState::default();
-        let c = cfg();
-        let idle = pool(&[90.0, 90.0, 90.0]);
-        let busy = pool(&[70.0, 70.0, 70.0]);
-        decide(&idle, 3, &c, &mut st, 0);
-        assert_eq!(st.low_since_ms, Some(0));
-        decide(&busy, 3, &c, &mut st, 30_000);
-        assert_eq!(st.low_since_ms, None);
-        decide(&idle, 3, &c, &mut st, 40_000);
-        assert!(victims(&decide(&idle, 3, &c, &mut st, 61_000)).is_none());
-        assert!(victims(&decide(&idle, 3, &c, &mut st, 100_000)).is_some());
-    }
-
-    #[test]
-    fn never_below_default() {
+    fn no_scale_down_in_panic() {
         let c = ScalingConfig {
-            step: 5,
+            target_concurrency: Some(10.0),
             scale_down_window: Duration::ZERO,
             ..cfg()
         };
-        let mut st = ScalerState::default();
-        // 3 active, default 2 → remove only 1 even with step 5.
-        assert_eq!(
-            victims(&decide(&pool(&[99.0; 3]), 3, &c, &mut st, 0))
-                .unwrap()
-                .len(),
-            1
+        let mut st = ScalerState {
+            panic_until_ms: Some(100_000),
+            ..ScalerState::default()
+        };
+        let d = decide(
+            &pool(&[90.0; 6]),
+            6,
+            &c,
+            &mut st,
+            &seen(10.0, None, None),
+            50_000,
+            true,
         );
-        // At default: hold, and no window running.
-        let mut st = ScalerState::default();
-        let d = decide(&pool(&[99.0; 2]), 2, &c, &mut st, 0);
         assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
-        assert_eq!(st.low_since_ms, None);
-        // SUNDOWN containers do not count as active.
-        let mut p = pool(&[99.0; 2]);
-        p.push(container("leaving", Category::Sundown, Some(99.0), 9));
-        let d = decide(&p, 2, &c, &mut st, 0);
-        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
+        let d = decide(
+            &pool(&[90.0; 6]),
+            6,
+            &c,
+            &mut st,
+            &seen(10.0, None, None),
+            100_000,
+            true,
+        );
+        assert_eq!(
+            to(&d, 6),
+            Some(3),
+            "after the panic the stable window shrinks it: {d:?}"
+        );
+    }
+
+    #[test]
+    fn init_containers_are_not_averaged_nor_victims() {
+        let mut p = pool(&[98.0, 98.0]);
+        p.push(container("z", Category::Init, None, 9));
+        assert_eq!(score_stats(&p), Some((98.0, 98.0)));
+        assert_eq!(pick_victims(&p, 5), ["b", "a"]);
+        let none: &[Container] = &[container("z", Category::Init, None, 9)];
+        let d = decide(
+            none,
+            1,
+            &cfg(),
+            &mut ScalerState::default(),
+            &quiet(),
+            0,
+            true,
+        );
+        assert!(hold_reason(&d).contains("no scored container"), "{d:?}");
     }
 
     #[test]
     fn victims_are_least_loaded_newest_first() {
-        let mut p = vec![
-            container("old-idle", Category::Low, Some(95.0), 1),
-            container("new-idle", Category::Low, Some(95.0), 5),
-            container("busy", Category::High, Some(30.0), 9),
-            container("mid", Category::Medium, Some(60.0), 3),
-            container("starting", Category::Init, Some(100.0), 10),
-            container("leaving", Category::Sundown, Some(100.0), 10),
-            container("unscored", Category::Low, None, 10),
-            container("tie-b", Category::Low, Some(80.0), 7),
-            container("tie-a", Category::Low, Some(80.0), 7),
-        ];
-        assert_eq!(
-            pick_victims(&p, 5),
-            ["new-idle", "old-idle", "tie-a", "tie-b", "mid"]
-        );
-        assert_eq!(pick_victims(&p, 1), ["new-idle"]);
-        assert!(pick_victims(&p, 0).is_empty());
-        p.retain(|c| c.category == Category::Init || c.category == Category::Sundown);
-        assert!(pick_victims(&p, 3).is_empty());
+        let mut p = pool(&[60.0, 90.0, 90.0, 75.0]);
+        p[1].created_ms = 5;
+        p.push(container("s", Category::Sundown, Some(99.0), 10));
+        assert_eq!(pick_victims(&p, 2), ["b", "c"]);
+        assert_eq!(pick_victims(&p, 9), ["b", "c", "d", "a"]);
     }
 
+    /// The load step of the issue, simulated: one 0.25-CPU container, 3× the load it can
+    /// serve. The proposals, once the pool is at the size the load needs, ask for no more.
     #[test]
-    fn up_details_and_state() {
-        let mut st = ScalerState {
-            last_scale_ms: Some(0),
-            low_since_ms: Some(0),
+    fn load_step_reaches_the_needed_size_without_overshoot() {
+        let c = ScalingConfig {
+            target_concurrency: Some(2.0),
+            ..cfg()
         };
-        let d = decide(&pool(&[40.0, 40.0]), 2, &cfg(), &mut st, 100_000);
-        assert_eq!(st.low_since_ms, None);
-        let Decision::Up {
-            details, reason, ..
-        } = d
-        else {
-            panic!("{d:?}")
-        };
-        assert!(reason.contains("HIGH_LOAD_THRESHOLD"), "{reason}");
-        for key in [
-            "avg",
-            "min",
-            "active",
-            "desired",
-            "high_threshold",
-            "low_threshold",
-            "critical_threshold",
-            "count",
-        ] {
-            assert!(details.get(key).is_some(), "{key} missing from {details}");
-        }
+        // Saturated, 3× more sent than served, 40 in flight and growing.
+        let mut st = ScalerState::default();
+        let mut obs = seen(40.0, Some(3.0), None);
+        obs.stable.concurrency = 10.0;
+        let d = decide(&pool(&[23.0]), 1, &c, &mut st, &obs, 0, false);
+        assert_eq!(to(&d, 1), Some(4), "×4 at most: {d:?}");
+        // At 4, the backlog drains (completed above sent), 1.9 in flight each.
+        let obs = seen(7.6, Some(0.8), None);
+        let d = decide(
+            &pool(&[45.0, 60.0, 60.0, 60.0]),
+            4,
+            &c,
+            &mut st,
+            &obs,
+            10_000,
+            true,
+        );
+        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
     }
 }

@@ -5,11 +5,16 @@
 //! # Sub-scores
 //! - **CPU**: `cpu% = Δcontainer / Δsystem × online_cpus × 100` ([`cpu_percent`]; Docker's
 //!   `system_cpu_usage` counts all CPUs, so this is "percent of one CPU" and reaches
-//!   `online_cpus × 100`). The brief's `100 − cpu%` would go negative on a multi-CPU host, so
-//!   [`cpu_score`] divides by the CPUs the container may use: its CPU limit (`CONTAINER_CPUS`)
-//!   when it has one, else the online CPUs: `cpu_score = 100 − cpu% / capacity`, clamped.
-//!   Example: Δcontainer 2e8 ns, Δsystem 2e9 ns, 2 CPUs → cpu% 20 → score 100 − 20/2 = 90;
-//!   with a 0.5-CPU limit the same sample scores 100 − 20/0.5 = 60.
+//!   `online_cpus × 100`). [`cpu_score`] is `100 − cpu% / capacity`, clamped, where the
+//!   capacity ([`cpu_capacity`]) is what the container can actually get: its CPU limit
+//!   (`CONTAINER_CPUS`, capped at the online CPUs) or, without one, the online CPUs — and,
+//!   when the host is busy, no more than what it uses plus what the host leaves idle, but no
+//!   less than its fair share (online CPUs / active containers). Without the busy-host rule a
+//!   container of an unlimited pool on a saturated 2-CPU host, using 0.35 CPU, scored 83
+//!   ("17 % of the host") while its requests were 14× slower than idle; with it, its capacity
+//!   is `max(0.35 + 0, 2 / 5) = 0.4` CPU and its score 12.5.
+//!   Examples (2 CPUs): Δcontainer 2e8 ns, Δsystem 2e9 ns → cpu% 20 → idle host: score
+//!   100 − 20/2 = 90; with a 0.5-CPU limit 100 − 20/0.5 = 60.
 //!   Docker's first frame has no previous reading (`precpu` zero): no CPU figure then.
 //! - **Memory**: `100 − used / limit × 100` ([`memory_score`]), `used` excluding page cache.
 //! - **Network**: the prototype used the *relative change* of the byte counters between two
@@ -32,15 +37,32 @@
 //!   Note the score is *relative* to the container's own best: it measures degradation, while
 //!   absolute slowness under load shows in the CPU score.
 //!
-//!   Balancers' reports are folded in without mixing scales (probe answers take a millisecond,
-//!   real requests may take a hundred): a report's p50 latency feeds a second history scored the
-//!   same way, and the two scores are averaged; the error ratio (errors / requests, itself
-//!   EMA-smoothed) multiplies the result by `1 − ratio`. Reports with no requests carry no
-//!   information and are ignored; report data older than `BEST_TIME_WINDOW` probe rounds is
-//!   dropped so a container that stopped receiving traffic is judged on its probes alone.
+//!   Real traffic comes first: the balancers' reports are folded in without mixing scales
+//!   (probe answers take a millisecond, real requests may take a hundred): a report's p50
+//!   latency feeds a second history scored the same way, which replaces the probes' score
+//!   while it is fresh; the error ratio (errors / requests, itself EMA-smoothed) multiplies
+//!   the result by `1 − ratio`. Reports with no requests carry no information and are
+//!   ignored; report data older than `BEST_TIME_WINDOW` probe rounds is dropped, so a
+//!   container that gets no traffic is judged on its probes alone.
 //!
 //! # Overall score and category
-//! `overall = Σ wᵢ·scoreᵢ / Σ wᵢ` (so the weights need not add up to 1), clamped to 0..=100;
+//! Each sub-score `sᵢ` is turned into a load `dᵢ = 100 − sᵢ`; the overall score is
+//! `100 − (Σ wᵢ·dᵢᵖ / Σ wᵢ)^(1/p)` ([`overall`]), a weighted power mean of the loads with
+//! `p = SCORE_POWER` (default 4), clamped to 0..=100. Why: with the plain weighted mean
+//! (`p = 1`) dimensions that stay idle (memory, network) hold the score up, so a container
+//! whose CPU is saturated scored `100 − 0.35·100 = 65` (LU) at worst, and the default
+//! `HIGH_LOAD_THRESHOLD` 55 was out of reach. With `p = 4` the most loaded dimension
+//! dominates, yet the weights still rank the dimensions, and equal loads give the same
+//! score as the mean (`dᵢ = d` for all i → `100 − d`). Worked examples, default weights
+//! (.35 / .25 / .15 / .25, so normalised .35, .25, .15, .25):
+//! - CPU saturated, the rest idle: `100 − (.35·100⁴)^¼ = 100 − 76.9 = 23.1` → HU (mean: 65);
+//! - CPU 83, memory 100, network 100, availability 17 (the report that led here):
+//!   `100 − (.35·17⁴ + .25·83⁴)^¼ = 100 − 58.7 = 41.3` → MU (mean: 72.3, LU);
+//! - every dimension at 60: `100 − 40 = 60`, the same as the mean;
+//! - CPU 50, rest idle: `100 − .769·50 = 61.5`: with one dimension loaded the score falls
+//!   linearly with its load (the slope is `(wᵢ/Σw)^(1/p)`), which keeps the proportional
+//!   scaling of [`crate::scaler`] well behaved.
+//!
 //! [`category`]: LU when `>= LU_THRESHOLD`, MU when `>= MU_THRESHOLD`, else HU.
 
 use std::collections::VecDeque;
@@ -80,14 +102,42 @@ pub fn cpu_percent(s: &StatsSample) -> Option<f64> {
     Some(d_cpu as f64 / d_sys as f64 * f64::from(s.online_cpus.max(1)) * 100.0)
 }
 
-/// `100 − cpu% / capacity`, clamped to 0..=100, where capacity is the container's CPU limit
-/// (when set and below the online CPUs) or the online CPUs.
-pub fn cpu_score(s: &StatsSample, cpu_limit: Option<f64>) -> Option<f64> {
-    let pct = cpu_percent(s)?;
-    let online = f64::from(s.online_cpus.max(1));
-    let capacity = cpu_limit
+/// What the host leaves the containers, for the CPU score without (or above) a limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HostShare {
+    /// CPUs the host left idle during the last interval (`online × (1 − busy)`).
+    pub idle_cpus: f64,
+    /// The host's CPUs divided by the active pool size: what each container would get if
+    /// the pool split the host evenly. A floor, so a container that wants little CPU on a busy
+    /// host is not judged saturated.
+    pub fair_cpus: f64,
+}
+
+/// CPUs a container can get: its limit (capped at the online CPUs) or the online CPUs and,
+/// when the host's state is known, no more than what it uses plus what the host leaves idle,
+/// but never less than its fair share: `min(nominal, max(used + idle, min(nominal, fair)))`.
+pub fn cpu_capacity(
+    used_cpus: f64,
+    online: f64,
+    limit: Option<f64>,
+    host: Option<HostShare>,
+) -> f64 {
+    let nominal = limit
         .filter(|l| l.is_finite() && *l > 0.0)
         .map_or(online, |l| l.min(online));
+    match host.filter(|h| h.idle_cpus.is_finite() && h.fair_cpus.is_finite()) {
+        Some(h) => nominal
+            .min((used_cpus + h.idle_cpus.max(0.0)).max(nominal.min(h.fair_cpus.max(0.0))))
+            .max(f64::MIN_POSITIVE),
+        None => nominal,
+    }
+}
+
+/// `100 − cpu% / capacity`, clamped to 0..=100, with the capacity of [`cpu_capacity`].
+pub fn cpu_score(s: &StatsSample, cpu_limit: Option<f64>, host: Option<HostShare>) -> Option<f64> {
+    let pct = cpu_percent(s)?;
+    let online = f64::from(s.online_cpus.max(1));
+    let capacity = cpu_capacity(pct / 100.0, online, cpu_limit, host);
     Some(clamp_score(100.0 - pct / capacity))
 }
 
@@ -115,19 +165,35 @@ pub fn network_score(prev: &StatsSample, cur: &StatsSample, capacity_bps: f64) -
     Some(clamp_score(100.0 - rate / capacity_bps * 100.0))
 }
 
-/// Weighted mean `Σ wᵢ·sᵢ / Σ wᵢ`, clamped to 0..=100 (plain mean if the weights sum to 0).
-pub fn overall(weights: &Weights, cpu: f64, mem: f64, net: f64, avail: f64) -> f64 {
-    let sum = weights.sum();
-    let mean = if sum > 0.0 {
-        (weights.cpu * cpu
-            + weights.memory * mem
-            + weights.network * net
-            + weights.availability * avail)
-            / sum
+/// `100 − (Σ wᵢ·dᵢᵖ / Σ wᵢ)^(1/p)` where `dᵢ = 100 − sᵢ` is each dimension's load: the
+/// weighted power mean of the loads (`p = SCORE_POWER`). `p = 1` is the plain weighted mean;
+/// a larger `p` lets the most loaded dimension dominate. Clamped to 0..=100; equal weights
+/// are used when they sum to 0.
+pub fn overall(weights: &Weights, power: f64, cpu: f64, mem: f64, net: f64, avail: f64) -> f64 {
+    let p = if power.is_finite() && power >= 1.0 {
+        power
     } else {
-        (cpu + mem + net + avail) / 4.0
+        1.0
     };
-    clamp_score(mean)
+    let sum = weights.sum();
+    let w = if sum > 0.0 {
+        [
+            weights.cpu,
+            weights.memory,
+            weights.network,
+            weights.availability,
+        ]
+        .map(|x| x / sum)
+    } else {
+        [0.25; 4]
+    };
+    let loads = [cpu, mem, net, avail].map(|x| 100.0 - clamp_score(x));
+    let mean = w
+        .iter()
+        .zip(loads)
+        .map(|(w, d)| w * (d / 100.0).powf(p))
+        .sum::<f64>();
+    clamp_score(100.0 - 100.0 * mean.powf(1.0 / p))
 }
 
 /// LU when `score >= lu`, MU when `score >= mu`, else HU (high utilization: the lowest
@@ -328,10 +394,8 @@ impl Availability {
         if !self.report_is_fresh() {
             return probe;
         }
-        let latency = match (probe, self.reports.ema) {
-            (Some(p), Some(r)) => (p + r) / 2.0,
-            (p, r) => p.or(r).unwrap_or(100.0),
-        };
+        // Real traffic first; probes when the reports carried no latency.
+        let latency = self.reports.ema.or(probe).unwrap_or(100.0);
         Some(clamp_score(latency * (1.0 - self.error_ratio)))
     }
 }
@@ -340,6 +404,7 @@ impl Availability {
 #[derive(Debug, Clone)]
 pub struct ContainerScorer {
     weights: Weights,
+    power: f64,
     network_capacity_bps: f64,
     cpu_limit: Option<f64>,
     prev: Option<StatsSample>,
@@ -354,6 +419,7 @@ impl ContainerScorer {
     pub fn new(cfg: &ScoringConfig, cpu_limit: Option<f64>) -> ContainerScorer {
         ContainerScorer {
             weights: cfg.weights,
+            power: cfg.power,
             network_capacity_bps: cfg.network_capacity_bps,
             cpu_limit,
             prev: None,
@@ -365,9 +431,10 @@ impl ContainerScorer {
         }
     }
 
-    /// A new stats sample. Sub-scores that cannot be computed from it keep their last value.
-    pub fn on_stats(&mut self, sample: StatsSample) {
-        if let Some(c) = cpu_score(&sample, self.cpu_limit) {
+    /// A new stats sample and, when known, what the host leaves the container. Sub-scores
+    /// that cannot be computed from it keep their last value.
+    pub fn on_stats(&mut self, sample: StatsSample, host: Option<HostShare>) {
+        if let Some(c) = cpu_score(&sample, self.cpu_limit, host) {
             self.cpu = Some(c);
         }
         if let Some(m) = memory_score(&sample) {
@@ -406,7 +473,14 @@ impl ContainerScorer {
             memory,
             network,
             availability,
-            overall: overall(&self.weights, cpu, memory, network, availability),
+            overall: overall(
+                &self.weights,
+                self.power,
+                cpu,
+                memory,
+                network,
+                availability,
+            ),
         })
     }
 }
@@ -454,7 +528,7 @@ mod tests {
         for &(d_cpu, d_sys, cpus, limit, pct, score) in table {
             let s = cpu_sample(d_cpu, d_sys, cpus);
             let got_pct = cpu_percent(&s).unwrap();
-            let got = cpu_score(&s, limit).unwrap();
+            let got = cpu_score(&s, limit, None).unwrap();
             assert!(
                 close(got_pct, pct),
                 "{d_cpu}/{d_sys}: cpu% {got_pct} != {pct}"
@@ -485,7 +559,7 @@ mod tests {
             ..StatsSample::default()
         };
         assert_eq!(cpu_percent(&first_frame), None);
-        assert_eq!(cpu_score(&first_frame, None), None);
+        assert_eq!(cpu_score(&first_frame, None, None), None);
     }
 
     #[test]
@@ -548,7 +622,7 @@ mod tests {
             availability: 0.25,
         };
         // 0.35·90 + 0.25·75 + 0.15·100 + 0.25·60 = 31.5 + 18.75 + 15 + 15 = 80.25
-        assert!(close(overall(&w, 90.0, 75.0, 100.0, 60.0), 80.25));
+        assert!(close(overall(&w, 1.0, 90.0, 75.0, 100.0, 60.0), 80.25));
         // Weights scaled by 4 give the same result (normalised by their sum).
         let w4 = Weights {
             cpu: 1.4,
@@ -556,17 +630,112 @@ mod tests {
             network: 0.6,
             availability: 1.0,
         };
-        assert!(close(overall(&w4, 90.0, 75.0, 100.0, 60.0), 80.25));
+        assert!(close(overall(&w4, 1.0, 90.0, 75.0, 100.0, 60.0), 80.25));
         let only_cpu = Weights {
             cpu: 1.0,
             memory: 0.0,
             network: 0.0,
             availability: 0.0,
         };
-        assert_eq!(overall(&only_cpu, 42.0, 0.0, 0.0, 0.0), 42.0);
-        assert_eq!(overall(&w, 150.0, 150.0, 150.0, 150.0), 100.0);
-        assert_eq!(overall(&w, -5.0, -5.0, -5.0, -5.0), 0.0);
-        assert_eq!(overall(&w, f64::NAN, 0.0, 0.0, 0.0), 0.0);
+        assert!(close(overall(&only_cpu, 1.0, 42.0, 0.0, 0.0, 0.0), 42.0));
+        assert_eq!(overall(&w, 1.0, 150.0, 150.0, 150.0, 150.0), 100.0);
+        assert_eq!(overall(&w, 1.0, -5.0, -5.0, -5.0, -5.0), 0.0);
+        assert_eq!(overall(&w, 1.0, f64::NAN, 0.0, 0.0, 0.0), 0.0);
+    }
+
+    #[test]
+    fn power_mean_lets_the_saturated_dimension_show() {
+        let w = Weights {
+            cpu: 0.35,
+            memory: 0.25,
+            network: 0.15,
+            availability: 0.25,
+        };
+        // (cpu, mem, net, avail, p = 1, p = 4) — the worked examples of the module docs.
+        let table = [
+            (
+                0.0,
+                100.0,
+                100.0,
+                100.0,
+                65.0,
+                100.0 - 100.0 * 0.35f64.powf(0.25),
+            ),
+            (83.0, 100.0, 100.0, 17.0, 73.3, 41.27),
+            (60.0, 60.0, 60.0, 60.0, 60.0, 60.0),
+            (
+                50.0,
+                100.0,
+                100.0,
+                100.0,
+                82.5,
+                100.0 - 50.0 * 0.35f64.powf(0.25),
+            ),
+            (100.0, 100.0, 100.0, 100.0, 100.0, 100.0),
+            (0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+        ];
+        for (cpu, mem, net, avail, mean, p4) in table {
+            let got1 = overall(&w, 1.0, cpu, mem, net, avail);
+            let got4 = overall(&w, 4.0, cpu, mem, net, avail);
+            assert!(
+                (got1 - mean).abs() < 0.01,
+                "{cpu} {avail}: mean {got1} != {mean}"
+            );
+            assert!((got4 - p4).abs() < 0.01, "{cpu} {avail}: p4 {got4} != {p4}");
+            assert!(
+                got4 <= got1 + 1e-9,
+                "the power mean never scores above the mean"
+            );
+        }
+        // Monotone: more load in any dimension never raises the score.
+        let mut last = 100.0;
+        for load in 0..=100 {
+            let got = overall(&w, 4.0, 100.0 - f64::from(load), 90.0, 100.0, 80.0);
+            assert!(got <= last + 1e-9, "{load}: {got} > {last}");
+            last = got;
+        }
+        // A bad exponent falls back to the mean.
+        assert!(close(overall(&w, f64::NAN, 90.0, 75.0, 100.0, 60.0), 80.25));
+    }
+
+    #[test]
+    fn cpu_capacity_follows_the_host() {
+        let h = |idle, fair| {
+            Some(HostShare {
+                idle_cpus: idle,
+                fair_cpus: fair,
+            })
+        };
+        // (used CPUs, online, limit, host, capacity)
+        type Row = (f64, f64, Option<f64>, Option<HostShare>, f64);
+        let table: &[Row] = &[
+            // Host state unknown: the limit, or the online CPUs.
+            (0.3, 2.0, None, None, 2.0),
+            (0.3, 2.0, Some(0.5), None, 0.5),
+            // Idle host: nothing changes.
+            (0.3, 2.0, None, h(1.7, 0.4), 2.0),
+            (0.3, 2.0, Some(0.5), h(1.7, 0.4), 0.5),
+            // Saturated host, 5 containers: using 0.35, idle 0 → max(0.35, 0.4) = 0.4.
+            (0.35, 2.0, None, h(0.0, 0.4), 0.4),
+            // A container that wants little on a busy host is judged on its fair share.
+            (0.01, 2.0, None, h(0.0, 0.4), 0.4),
+            // It took more than its fair share: what it uses is what it can get.
+            (0.9, 2.0, None, h(0.1, 0.4), 1.0),
+            // A limit below the fair share stays the bound.
+            (0.25, 2.0, Some(0.25), h(0.0, 0.4), 0.25),
+        ];
+        for &(used, online, limit, host, want) in table {
+            let got = cpu_capacity(used, online, limit, host);
+            assert!(
+                close(got, want),
+                "{used} {limit:?} {host:?}: {got} != {want}"
+            );
+        }
+        // The saturating example of the issue: 0.35 CPU of 2, host busy, 5 containers.
+        let s = cpu_sample(350_000_000, 2_000_000_000, 2);
+        assert!(close(cpu_score(&s, None, None).unwrap(), 82.5));
+        let busy = cpu_score(&s, None, h(0.0, 0.4)).unwrap();
+        assert!(close(busy, 12.5), "{busy}");
     }
 
     #[test]
@@ -722,6 +891,7 @@ mod tests {
             mu_threshold: 40.0,
             network_capacity_bps: 125e6,
             failure_ms: 2000.0,
+            power: 1.0,
         }
     }
 
@@ -733,7 +903,7 @@ mod tests {
         s.at_ms = 1_000;
         s.mem_used = 64 << 20;
         s.mem_limit = 256 << 20; // memory 75
-        sc.on_stats(s);
+        sc.on_stats(s, None);
         assert_eq!(sc.scores(), None, "no availability yet");
         sc.on_probe(Some(3.0)); // availability 100
         let got = sc.scores().unwrap();
@@ -751,7 +921,7 @@ mod tests {
         s2.at_ms = 3_000;
         s2.net_rx_bytes = 100_000_000;
         s2.presystem_ns = 0;
-        sc.on_stats(s2);
+        sc.on_stats(s2, None);
         let got = sc.scores().unwrap();
         assert_eq!((got.cpu, got.network), (90.0, 60.0));
     }
@@ -759,7 +929,7 @@ mod tests {
     #[test]
     fn container_scorer_probe_failures_lower_availability() {
         let mut sc = ContainerScorer::new(&scoring_config(), Some(1.0));
-        sc.on_stats(cpu_sample(0, 1_000_000_000, 2));
+        sc.on_stats(cpu_sample(0, 1_000_000_000, 2), None);
         sc.on_probe(Some(10.0));
         let before = sc.scores().unwrap();
         sc.on_probe(None);

@@ -1,5 +1,5 @@
-//! Configuration read from the environment: the listening port and the hostname
-//! shown in responses.
+//! Configuration read from the environment: the listening port, the concurrency
+//! limit of `/cpu` and `/work`, and the hostname shown in responses.
 
 use std::path::Path;
 
@@ -33,6 +33,44 @@ pub fn port_from_env() -> Result<u16, String> {
     }
 }
 
+/// Largest accepted `MAX_CONCURRENCY` (the most permits a tokio semaphore can hold).
+pub const MAX_CONCURRENCY_LIMIT: usize = tokio::sync::Semaphore::MAX_PERMITS;
+
+/// Parses the value of the `MAX_CONCURRENCY` environment variable.
+///
+/// `None` (variable unset) yields `Ok(None)`: no limit. Otherwise the value must be
+/// an integer from 1 to [`MAX_CONCURRENCY_LIMIT`]: the number of `/cpu` and `/work`
+/// requests processed at once. Anything else (`0`, negative, non-integer, empty) is
+/// an error whose message names the variable and the expected value.
+pub fn parse_max_concurrency(raw: Option<&str>) -> Result<Option<usize>, String> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    match raw.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_CONCURRENCY_LIMIT).contains(&n) => Ok(Some(n)),
+        Ok(n) if n > MAX_CONCURRENCY_LIMIT => Err(format!(
+            "invalid MAX_CONCURRENCY environment variable {raw:?}: expected an integer of 1 \
+             or more, at most {MAX_CONCURRENCY_LIMIT}"
+        )),
+        _ => Err(format!(
+            "invalid MAX_CONCURRENCY environment variable {raw:?}: expected an integer of 1 \
+             or more (requests of /cpu and /work processed at once), or leave it unset for \
+             no limit"
+        )),
+    }
+}
+
+/// Reads `MAX_CONCURRENCY` from the process environment (see [`parse_max_concurrency`]).
+pub fn max_concurrency_from_env() -> Result<Option<usize>, String> {
+    match std::env::var("MAX_CONCURRENCY") {
+        Ok(value) => parse_max_concurrency(Some(&value)),
+        Err(std::env::VarError::NotPresent) => parse_max_concurrency(None),
+        Err(std::env::VarError::NotUnicode(value)) => Err(format!(
+            "invalid MAX_CONCURRENCY environment variable {value:?}: not valid UTF-8"
+        )),
+    }
+}
+
 /// The container's hostname: `/etc/hostname`, else env `HOSTNAME`, else `"unknown"`.
 pub fn detect_hostname() -> String {
     hostname_from(Path::new("/etc/hostname"), std::env::var("HOSTNAME").ok())
@@ -61,6 +99,45 @@ mod tests {
         for bad in ["", "0", "abc", "65536", "-1", "80x"] {
             let err = parse_port(Some(bad)).expect_err(bad);
             assert!(err.contains("PORT"), "{err}");
+        }
+    }
+
+    #[test]
+    fn max_concurrency_defaults_to_unlimited() {
+        assert_eq!(parse_max_concurrency(None), Ok(None));
+    }
+
+    #[test]
+    fn max_concurrency_accepts_positive_integers() {
+        assert_eq!(parse_max_concurrency(Some("1")), Ok(Some(1)));
+        assert_eq!(parse_max_concurrency(Some("8")), Ok(Some(8)));
+        assert_eq!(parse_max_concurrency(Some(" 4 ")), Ok(Some(4)));
+        let max = MAX_CONCURRENCY_LIMIT.to_string();
+        assert_eq!(
+            parse_max_concurrency(Some(&max)),
+            Ok(Some(MAX_CONCURRENCY_LIMIT))
+        );
+    }
+
+    #[test]
+    fn max_concurrency_rejects_malformed_values() {
+        let too_big = (MAX_CONCURRENCY_LIMIT + 1).to_string();
+        for bad in [
+            "",
+            " ",
+            "0",
+            "-1",
+            "-0",
+            "abc",
+            "2.5",
+            "4x",
+            "+",
+            "99999999999999999999999",
+            too_big.as_str(),
+        ] {
+            let err = parse_max_concurrency(Some(bad)).expect_err(bad);
+            assert!(err.contains("MAX_CONCURRENCY"), "{err}");
+            assert!(err.contains("expected an integer of 1 or more"), "{err}");
         }
     }
 

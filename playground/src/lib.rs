@@ -1,8 +1,13 @@
 //! RustyBalancer playground: a small demo backend to put behind the balancer.
 //!
 //! Routes: `GET /` (HTML page + `/static/*` assets), `GET /work?ms=N` (sleeps),
-//! `GET /cpu?ms=N` (burns CPU), `ANY /echo[/...]` (echoes the request as JSON),
-//! `GET /health`. Everything else is a JSON 404.
+//! `GET /cpu?ms=N` (burns N ms of the handling thread's CPU time, so under a CPU
+//! quota its latency grows with load), `ANY /echo[/...]` (echoes the request as
+//! JSON), `GET /health`. Everything else is a JSON 404.
+//!
+//! Like a worker-pool app, `/cpu` and `/work` can be limited to N requests processed
+//! at once (env `MAX_CONCURRENCY`, see [`App::with_max_concurrency`]); further ones
+//! wait for a slot in arrival order. `/health`, `/`, the assets and `/echo` never wait.
 //!
 //! Serves HTTP/1.1 and h2c on one port and shuts down gracefully: see [`run`].
 
@@ -25,6 +30,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use log::{debug, info, warn};
 use tokio::net::TcpListener;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 pub use routes::router;
 
@@ -36,16 +42,61 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct App {
     hostname: String,
     index_html: Bytes,
+    /// Slots for `/cpu` and `/work`; `None` means no limit.
+    slots: Option<Slots>,
+}
+
+/// The concurrency limit of `/cpu` and `/work`: `limit` permits of `semaphore`.
+#[derive(Debug)]
+struct Slots {
+    limit: usize,
+    semaphore: Arc<Semaphore>,
 }
 
 impl App {
-    /// Builds the app state for a container named `hostname`.
+    /// Builds the app state for a container named `hostname`, with no limit on
+    /// concurrent `/cpu` and `/work` requests.
     pub fn new(hostname: impl Into<String>) -> Self {
         let hostname = hostname.into();
         let index_html = assets::render_index(&hostname);
         App {
             hostname,
             index_html,
+            slots: None,
+        }
+    }
+
+    /// Limits `/cpu` and `/work` to `limit` requests processed at once (`None`: no
+    /// limit). Further requests wait for a slot in FIFO order; the time they waited
+    /// is reported as `queued_ms`. Other routes are never limited.
+    ///
+    /// `Some(0)` is treated as `Some(1)` and values above
+    /// [`config::MAX_CONCURRENCY_LIMIT`] are capped (the `MAX_CONCURRENCY` parser,
+    /// [`config::parse_max_concurrency`], rejects both).
+    #[must_use]
+    pub fn with_max_concurrency(mut self, limit: Option<usize>) -> Self {
+        self.slots = limit.map(|n| {
+            let limit = n.clamp(1, config::MAX_CONCURRENCY_LIMIT);
+            Slots {
+                limit,
+                semaphore: Arc::new(Semaphore::new(limit)),
+            }
+        });
+        self
+    }
+
+    /// The limit set by [`App::with_max_concurrency`], `None` when unlimited.
+    pub fn max_concurrency(&self) -> Option<usize> {
+        self.slots.as_ref().map(|slots| slots.limit)
+    }
+
+    /// Waits for a `/cpu` or `/work` slot, in FIFO order; `Ok(None)` at once when
+    /// unlimited. The slot is freed when the permit is dropped. Fails only if the
+    /// semaphore was closed, which this crate never does.
+    pub(crate) async fn acquire_slot(&self) -> Result<Option<OwnedSemaphorePermit>, AcquireError> {
+        match &self.slots {
+            None => Ok(None),
+            Some(slots) => Arc::clone(&slots.semaphore).acquire_owned().await.map(Some),
         }
     }
 
@@ -63,10 +114,22 @@ impl App {
 /// Serves the playground on `listener` until `shutdown` completes, then stops
 /// accepting and waits up to [`SHUTDOWN_GRACE`] for in-flight requests.
 ///
-/// The hostname comes from [`config::detect_hostname`].
+/// The hostname comes from [`config::detect_hostname`]; `/cpu` and `/work` are not
+/// limited (see [`run_with_max_concurrency`]).
 pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    let app = Arc::new(App::new(config::detect_hostname()));
-    serve(listener, app, shutdown, SHUTDOWN_GRACE).await
+    run_with_max_concurrency(listener, None, shutdown).await
+}
+
+/// [`run`] with at most `max_concurrency` requests of `/cpu` and `/work` processed
+/// at once (`None`: no limit), as set by `MAX_CONCURRENCY`; see
+/// [`App::with_max_concurrency`].
+pub async fn run_with_max_concurrency(
+    listener: TcpListener,
+    max_concurrency: Option<usize>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let app = App::new(config::detect_hostname()).with_max_concurrency(max_concurrency);
+    serve(listener, Arc::new(app), shutdown, SHUTDOWN_GRACE).await
 }
 
 /// [`run`] with the app state and grace period given explicitly.
@@ -81,6 +144,13 @@ pub async fn serve(
         "listening on {local} (HTTP/1.1 and h2c) as hostname {}",
         app.hostname()
     );
+    match app.max_concurrency() {
+        Some(limit) => info!(
+            "/cpu and /work: at most {limit} request(s) processed at once, \
+             others wait for a slot in FIFO order"
+        ),
+        None => info!("/cpu and /work: no concurrency limit"),
+    }
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).keep_alive(true);

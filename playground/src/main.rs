@@ -1,6 +1,7 @@
-//! The playground binary: parses configuration, binds, and calls [`playground::run`].
+//! The playground binary: parses configuration, binds, and calls [`playground::run_with_max_concurrency`].
 //!
-//! Usage: `playground [--healthcheck]`; env `PORT` (default 5000) and `RUST_LOG`
+//! Usage: `playground [--healthcheck]`; env `PORT` (default 5000), `MAX_CONCURRENCY`
+//! (requests of `/cpu` and `/work` processed at once; unset: no limit) and `RUST_LOG`
 //! (default `info`; the per-request lines use target `access`).
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -48,6 +49,14 @@ fn main() -> ExitCode {
         };
     }
 
+    let max_concurrency = match playground::config::max_concurrency_from_env() {
+        Ok(limit) => limit,
+        Err(msg) => {
+            error!("{msg}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,7 +67,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(serve(port));
+    let result = runtime.block_on(serve(port, max_concurrency));
     // Don't wait for a still-running /cpu burner past the grace period.
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
@@ -73,7 +82,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(port: u16) -> Result<(), String> {
+async fn serve(port: u16, max_concurrency: Option<usize>) -> Result<(), String> {
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| format!("installing SIGTERM handler: {e}"))?;
     let mut sigint =
@@ -88,7 +97,7 @@ async fn serve(port: u16) -> Result<(), String> {
             _ = sigint.recv() => info!("received SIGINT"),
         }
     };
-    playground::run(listener, shutdown)
+    playground::run_with_max_concurrency(listener, max_concurrency, shutdown)
         .await
         .map_err(|e| format!("server failed: {e}"))
 }

@@ -86,6 +86,7 @@ async fn work_sleeps_and_rejects_bad_ms() {
     assert_eq!(reply.status, StatusCode::OK);
     let body = reply.json();
     assert_eq!(body["slept_ms"], 120);
+    assert!(ms_field(&body, "queued_ms") < 20.0, "{body}");
     assert_eq!(body["hostname"], playground::config::detect_hostname());
 
     for bad in ["/work?ms=abc", "/work?ms=-5", "/work", "/work?ms=1.5"] {
@@ -101,8 +102,37 @@ async fn work_sleeps_and_rejects_bad_ms() {
     server.shutdown().await;
 }
 
+/// Serialises the tests that burn CPU and check timings: on a small machine they
+/// would otherwise slow each other down.
+static CPU_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn ms_field(body: &Value, field: &str) -> f64 {
+    body[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{field} is not a number in {body}"))
+}
+
+/// GETs each of `paths` concurrently; returns the replies (in order) and the wall
+/// time until the last one came back.
+async fn get_concurrently(server: &Server, paths: &[&str]) -> (Vec<common::Reply>, Duration) {
+    let started = Instant::now();
+    let tasks: Vec<_> = paths
+        .iter()
+        .map(|path| {
+            let url = server.url(path);
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.push(task.await.expect("client task"));
+    }
+    (replies, started.elapsed())
+}
+
 #[tokio::test]
 async fn cpu_burns_and_rejects_bad_ms() {
+    let _serial = CPU_TESTS.lock().await;
     let server = Server::start().await;
     let reply = get(&server.url("/cpu?ms=30")).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -116,6 +146,174 @@ async fn cpu_burns_and_rejects_bad_ms() {
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(reply.json()["status"], 400);
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn cpu_reports_thread_cpu_time() {
+    let _serial = CPU_TESTS.lock().await;
+    let server = Server::start().await;
+    let reply = get(&server.url("/cpu?ms=50")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let body = reply.json();
+    assert_eq!(body["burned_ms"], 50);
+    let cpu_ms = ms_field(&body, "cpu_ms");
+    let elapsed_ms = ms_field(&body, "elapsed_ms");
+    assert!(cpu_ms >= 45.0, "{body}");
+    // A thread cannot use more CPU than wall time; elapsed_ms is truncated to whole ms.
+    assert!(elapsed_ms >= cpu_ms - 2.0, "{body}");
+    // Unlimited: no waiting for a slot.
+    assert!(ms_field(&body, "queued_ms") < 20.0, "{body}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn cpu_counts_cpu_time_not_wall_time() {
+    let _serial = CPU_TESTS.lock().await;
+    let server = Server::start().await;
+    let (replies, wall) = get_concurrently(&server, &["/cpu?ms=100"; 4]).await;
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK);
+        let body = reply.json();
+        let cpu_ms = ms_field(&body, "cpu_ms");
+        assert!(cpu_ms >= 95.0, "{body}");
+        assert!(ms_field(&body, "elapsed_ms") >= cpu_ms - 2.0, "{body}");
+        assert!(ms_field(&body, "queued_ms") < 20.0, "{body}");
+    }
+    // 400 ms of CPU time cannot be done in less than 400 ms / cores of wall time; a
+    // wall-clock burner would finish all four in about 100 ms.
+    let cores = std::thread::available_parallelism().map_or(usize::MAX, |n| n.get());
+    if cores < 4 {
+        let floor = Duration::from_millis(400 * 9 / 10 / cores as u64);
+        assert!(wall >= floor, "{wall:?} < {floor:?} on {cores} core(s)");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn max_concurrency_queues_cpu_but_not_health() {
+    let _serial = CPU_TESTS.lock().await;
+    let server = Server::start_with_max_concurrency(Some(1)).await;
+    let started = Instant::now();
+    let burners: Vec<_> = (0..2)
+        .map(|_| {
+            let url = server.url("/cpu?ms=100");
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    // One request burns, the other waits for the slot; unlimited routes answer at once.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    for path in ["/health", "/echo", "/"] {
+        let asked = Instant::now();
+        let reply = get(&server.url(path)).await;
+        let took = asked.elapsed();
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+        assert!(took < Duration::from_millis(50), "{path} took {took:?}");
+    }
+    assert!(
+        burners.iter().any(|b| !b.is_finished()),
+        "the /cpu requests were done before the other routes were asked"
+    );
+
+    let mut queued = Vec::new();
+    for burner in burners {
+        let reply = burner.await.expect("client task");
+        assert_eq!(reply.status, StatusCode::OK);
+        let body = reply.json();
+        assert!(ms_field(&body, "cpu_ms") >= 95.0, "{body}");
+        queued.push(ms_field(&body, "queued_ms"));
+    }
+    let wall = started.elapsed();
+    queued.sort_by(f64::total_cmp);
+    assert!(queued[0] < 20.0, "the first request waited: {queued:?}");
+    assert!(
+        queued[1] >= 75.0,
+        "the second request did not wait: {queued:?}"
+    );
+    assert!(wall >= Duration::from_millis(190), "{wall:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn max_concurrency_is_shared_by_work_and_cpu() {
+    let _serial = CPU_TESTS.lock().await;
+    let server = Server::start_with_max_concurrency(Some(1)).await;
+    let (replies, wall) = get_concurrently(&server, &["/work?ms=100", "/cpu?ms=100"]).await;
+    let mut queued: Vec<f64> = replies
+        .iter()
+        .map(|reply| {
+            assert_eq!(reply.status, StatusCode::OK);
+            ms_field(&reply.json(), "queued_ms")
+        })
+        .collect();
+    queued.sort_by(f64::total_cmp);
+    assert!(queued[0] < 20.0, "{queued:?}");
+    assert!(queued[1] >= 75.0, "{queued:?}");
+    assert!(wall >= Duration::from_millis(190), "{wall:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn waiting_requests_get_a_slot_in_arrival_order() {
+    let server = Server::start_with_max_concurrency(Some(1)).await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let url = server.url("/work?ms=100");
+        tasks.push(tokio::spawn(async move {
+            let reply = get(&url).await;
+            (i, reply, started.elapsed())
+        }));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut done = Vec::new();
+    for task in tasks {
+        let (i, reply, at) = task.await.expect("client task");
+        assert_eq!(reply.status, StatusCode::OK);
+        done.push((at, i, ms_field(&reply.json(), "queued_ms")));
+    }
+    done.sort_by_key(|(at, _, _)| *at);
+    let order: Vec<usize> = done.iter().map(|(_, i, _)| *i).collect();
+    assert_eq!(order, [0, 1, 2], "{done:?}");
+    assert!(done[1].2 < done[2].2, "{done:?}");
+    assert!(done[2].0 >= Duration::from_millis(290), "{done:?}");
+    server.shutdown().await;
+}
+
+#[test]
+fn bad_max_concurrency_stops_the_program_with_exit_64() {
+    for bad in ["0", "-3", "four", ""] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_playground"))
+            .env("MAX_CONCURRENCY", bad)
+            .env("PORT", "5000")
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the playground binary");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("MAX_CONCURRENCY={bad:?}: the program did not stop");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut stderr).expect("read stderr");
+        }
+        assert_eq!(status.code(), Some(64), "MAX_CONCURRENCY={bad:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("MAX_CONCURRENCY"), "{stderr}");
+        assert!(
+            stderr.contains("expected an integer of 1 or more"),
+            "{stderr}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -57,6 +57,8 @@ pub struct Observation {
     pub views: HashMap<String, Vec<BalancerView>>,
     /// The latest `POST /scale` since the last round.
     pub set_desired: Option<usize>,
+    /// Traffic and host load over the scaler's windows.
+    pub scaling: scaler::Observed,
 }
 
 /// One thing to do.
@@ -102,6 +104,31 @@ impl Plan {
     }
 }
 
+/// An event when the host becomes saturated or stops being so.
+fn host_event(plan: &mut Plan, was: bool, obs: &scaler::Observed, threshold: f64) {
+    let now = plan.scaler.host_saturated;
+    if now == was {
+        return;
+    }
+    let busy = obs.host_busy.map_or(0.0, |b| (b * 1000.0).round() / 10.0);
+    let details = json!({ "host_busy_percent": busy, "host_saturation": threshold });
+    if now {
+        plan.event(
+            EventKind::HostSaturated,
+            format!(
+                "host saturated: {busy} % of its CPUs busy (HOST_SATURATION {threshold}); no container is added while it lasts"
+            ),
+            details,
+        );
+    } else {
+        plan.event(
+            EventKind::HostRecovered,
+            format!("host no longer saturated: {busy} % of its CPUs busy"),
+            details,
+        );
+    }
+}
+
 /// Decides one round. `docker_ok`: the engine answered this round (no scaling otherwise).
 pub fn decide(state: &PoolState, obs: &Observation, cfg: &Config, docker_ok: bool) -> Plan {
     let now = obs.now;
@@ -136,16 +163,36 @@ pub fn decide(state: &PoolState, obs: &Observation, cfg: &Config, docker_ok: boo
     let due = plan
         .last_check_ms
         .is_none_or(|t| now.saturating_sub(t) + slack >= ms(s.check_period));
-    if due && docker_ok {
-        plan.last_check_ms = Some(now);
+    // The scaler runs every round (a spike is acted on at once, see `scaler`), and decides
+    // on the stable window when a check is due.
+    if docker_ok {
+        if due {
+            plan.last_check_ms = Some(now);
+        }
         let live: Vec<Container> = pool
             .iter()
             .filter(|m| !m.stopping)
             .map(|m| m.c.clone())
             .collect();
         let active = live.iter().filter(|c| c.is_active()).count();
-        match scaler::decide(&live, plan.desired, s, &mut plan.scaler, now) {
-            Decision::Hold { reason } => plan.decision = Some(format!("hold: {reason}")),
+        let was_saturated = plan.scaler.host_saturated;
+        let decision = scaler::decide(
+            &live,
+            plan.desired,
+            s,
+            &mut plan.scaler,
+            &obs.scaling,
+            now,
+            due,
+        );
+        host_event(&mut plan, was_saturated, &obs.scaling, s.host_saturation);
+        match decision {
+            Decision::Hold { reason } => {
+                // Between checks only a panic acts; keep the last check's reason.
+                if due {
+                    plan.decision = Some(format!("hold: {reason}"));
+                }
+            }
             Decision::Up {
                 count,
                 reason,
@@ -560,22 +607,26 @@ mod tests {
         let mut st = state(pool, 2);
         st.last_check_ms = None;
         let plan = decide(&st, &obs(Some(listed.clone())), &cfg(), true);
-        assert_eq!(plan.desired, 3);
+        // Average 20: load 80 against 45 → ceil(2 × 1.78) = 4 (MAX_CONTAINERS), in one step.
+        assert_eq!(plan.desired, 4);
         assert_eq!(plan.count(EventKind::ScaleUp), 1);
-        assert_eq!(plan.actions, [Action::Create(vec!["app-1".into()])]);
+        assert_eq!(
+            plan.actions,
+            [Action::Create(vec!["app-1".into(), "app-2".into()])]
+        );
         assert_eq!(plan.last_check_ms, Some(T0));
         // Docker down: no check at all.
         let plan = decide(&st, &obs(None), &cfg(), false);
         assert_eq!((plan.desired, plan.last_check_ms), (2, None));
         // The next check within the cooldown holds.
         let mut next = st.clone();
-        next.desired = 3;
+        next.desired = 2;
         next.scaler = plan_scaler(&st, &listed);
         next.last_check_ms = Some(T0 - 20_000);
         let mut o = obs(Some(listed));
         o.now = T0 + 1_000;
         let plan = decide(&next, &o, &cfg(), true);
-        assert_eq!(plan.desired, 3);
+        assert_eq!(plan.desired, 2);
         assert!(plan.decision.unwrap_or_default().contains("cooling down"));
     }
 
@@ -589,7 +640,7 @@ mod tests {
         let listed: Vec<Observed> = pool.iter().map(running).collect();
         let mut st = state(pool, 3);
         st.last_check_ms = None;
-        st.scaler.low_since_ms = Some(T0 - 61_000);
+        st.scaler.recording_since_ms = Some(T0 - 61_000);
         let plan = decide(&st, &obs(Some(listed)), &cfg(), true);
         assert_eq!(plan.desired, 2);
         assert_eq!(

@@ -32,11 +32,13 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::Config;
 use crate::docker::{Docker, DockerError};
+use crate::host::HostLoad;
 use crate::model::{now_ms, Category, Container, Event, EventKind, Millis, StatsSample};
 use crate::push::{QueueFrame, Reports};
 use crate::scaler::ScalerState;
 use crate::scoring::ContainerScorer;
 use crate::store::Store;
+use crate::traffic::Traffic;
 
 pub mod act;
 pub mod decide;
@@ -65,6 +67,9 @@ pub struct ContainerView {
     pub container: Container,
     /// Requests in flight to it, summed over the balancers' latest reports.
     pub in_flight: u64,
+    /// Its traffic over the last `PANIC_WINDOW`, from every balancer's reports; `None`
+    /// when no balancer reported in that time.
+    pub traffic: Option<crate::traffic::Observed>,
 }
 
 /// What the loop last saw and did, for the HTTP API (replaced wholesale every tick).
@@ -86,6 +91,15 @@ pub struct Snapshot {
     pub scale_ups: u64,
     pub scale_downs: u64,
     pub replaced: u64,
+    /// The host's CPUs are saturated: scale-ups are held (see [`crate::scaler`]).
+    pub host_saturated: bool,
+    /// The host's CPU busy fraction over the panic window, when known.
+    pub host_busy: Option<f64>,
+    /// What the scaler saw this round (both windows).
+    #[serde(skip)]
+    pub scaling: crate::scaler::Observed,
+    /// Task queue depth the balancers last reported.
+    pub task_queue_depth: Option<f64>,
 }
 
 /// Aborts the task when dropped (stats streams end with their container's record).
@@ -144,6 +158,13 @@ pub struct Controller {
     scale_ups: u64,
     scale_downs: u64,
     replaced: u64,
+    /// Balancers' reports over the scaler's windows.
+    traffic: Traffic,
+    /// The host's CPU use (read when the engine is local).
+    host: HostLoad,
+    host_local: bool,
+    /// What the scaler saw in the last round.
+    scaling: crate::scaler::Observed,
 }
 
 impl Controller {
@@ -155,6 +176,9 @@ impl Controller {
         out: Outputs,
     ) -> Controller {
         let desired = cfg.scaling.min_containers;
+        let keep_ms = crate::config::ms(cfg.scaling.stable_window.max(cfg.scaling.panic_window));
+        // `/proc/stat` shows this machine: the app's CPUs only when the engine is local.
+        let host_local = cfg.docker_host.starts_with("unix://");
         Controller {
             cfg,
             docker,
@@ -182,6 +206,10 @@ impl Controller {
             scale_ups: 0,
             scale_downs: 0,
             replaced: 0,
+            traffic: Traffic::new(keep_ms),
+            host: HostLoad::new(keep_ms),
+            host_local,
+            scaling: crate::scaler::Observed::default(),
         }
     }
 
@@ -463,8 +491,18 @@ impl Controller {
             .map(|t| ContainerView {
                 container: t.c.clone(),
                 in_flight: self.reports.in_flight(&t.c.id),
+                traffic: self.traffic.container(
+                    &t.c.id,
+                    now,
+                    crate::config::ms(self.cfg.scaling.panic_window),
+                    0,
+                ),
             })
             .collect();
+        let depth = self
+            .traffic
+            .pool(now, crate::config::ms(self.cfg.scaling.panic_window), 0)
+            .task_queue_depth;
         let active = self.pool.values().filter(|t| t.c.is_active()).count();
         self.snapshots.send_replace(Arc::new(Snapshot {
             at_ms: now,
@@ -481,6 +519,10 @@ impl Controller {
             scale_ups: self.scale_ups,
             scale_downs: self.scale_downs,
             replaced: self.replaced,
+            host_saturated: self.scaler.host_saturated,
+            host_busy: self.scaling.host_busy,
+            scaling: self.scaling,
+            task_queue_depth: depth,
         }));
     }
 }

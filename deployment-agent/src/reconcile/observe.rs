@@ -11,8 +11,9 @@ use protocol::Report;
 
 use super::decide::Observation;
 use super::Controller;
+use crate::config::ms;
 use crate::model::{Category, Millis};
-use crate::scoring;
+use crate::{scaler, scoring};
 
 /// How long a readiness connect may take.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -24,7 +25,7 @@ pub const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ScoringInputs {
     /// Response time of each probed container, ms (`None`: the probe failed).
     pub probes: Vec<(String, Option<f64>)>,
-    pub reports: Vec<Report>,
+    pub reports: Vec<(Millis, Report)>,
 }
 
 impl Controller {
@@ -96,6 +97,8 @@ impl Controller {
             .filter(|t| t.c.category == Category::Sundown)
             .map(|t| (t.c.id.clone(), self.reports.views_for(&t.c.id)))
             .collect();
+        let reports = self.reports.take_pending();
+        let scaling = self.observe_load(now, &reports);
         let obs = Observation {
             now,
             listed,
@@ -106,12 +109,56 @@ impl Controller {
                 .collect(),
             views,
             set_desired: self.pending_desired.take(),
+            scaling,
         };
-        let inputs = ScoringInputs {
-            probes,
-            reports: self.reports.take_pending(),
-        };
+        let inputs = ScoringInputs { probes, reports };
         (obs, inputs)
+    }
+
+    /// Folds this round's reports into the traffic windows, reads the host's CPU use, and
+    /// sums up both for the scaler. The windows start no earlier than the pool's last
+    /// change: the newest container's readiness or the last scale action.
+    fn observe_load(&mut self, now: Millis, reports: &[(Millis, Report)]) -> scaler::Observed {
+        for (at, r) in reports {
+            self.traffic.record(*at, r);
+        }
+        self.traffic.prune(now);
+        if self.host_local {
+            if let Some(times) = crate::host::read_cpu_times() {
+                self.host.record(now, times);
+            }
+        }
+        let s = &self.cfg.scaling;
+        let since = self
+            .pool
+            .values()
+            .filter(|t| t.c.is_active())
+            .filter_map(|t| t.c.ready_ms)
+            .chain(self.scaler.last_scale_ms)
+            .max()
+            .unwrap_or(0);
+        let window = |len| {
+            let p = self.traffic.pool(now, ms(len), since);
+            let t = p.traffic;
+            let stats = scaler::WindowStats {
+                concurrency: t.in_flight,
+                backlog: (t.requests_per_s > 0.0).then(|| t.started_per_s / t.requests_per_s),
+                queue_depth: p.task_queue_depth,
+                covered_ms: p.covered_ms,
+            };
+            (stats, p.balancers)
+        };
+        let (panic, _) = window(s.panic_window);
+        let (stable, _) = window(s.stable_window);
+        let balancers = self.traffic.pool(now, ms(s.stable_window), 0).balancers;
+        let observed = scaler::Observed {
+            panic,
+            stable,
+            host_busy: self.host.mean(now, ms(s.panic_window)),
+            balancers,
+        };
+        self.scaling = observed;
+        observed
     }
 
     /// Feeds stats, probes and reports into the scorers; sets categories from the scores.
@@ -122,7 +169,7 @@ impl Controller {
                 t.scorer.on_probe(*result);
             }
         }
-        for report in &inputs.reports {
+        for (_, report) in &inputs.reports {
             for b in &report.backends {
                 if let Some(t) = self.pool.get_mut(&b.id) {
                     t.scorer.on_report(b.latency_p50_ms, b.requests, b.errors);
@@ -130,10 +177,22 @@ impl Controller {
             }
         }
         let (lu, mu) = (self.cfg.scoring.lu_threshold, self.cfg.scoring.mu_threshold);
+        let active = self
+            .pool
+            .values()
+            .filter(|t| t.c.is_active())
+            .count()
+            .max(1);
+        let busy = self.host.latest();
         for t in self.pool.values_mut() {
             if t.stats.has_changed().unwrap_or(false) {
                 if let Some(sample) = *t.stats.borrow_and_update() {
-                    t.scorer.on_stats(sample);
+                    let online = f64::from(sample.online_cpus.max(1));
+                    let host = busy.map(|b| scoring::HostShare {
+                        idle_cpus: online * (1.0 - b),
+                        fair_cpus: online / active as f64,
+                    });
+                    t.scorer.on_stats(sample, host);
                 }
             }
             if t.c.ready_ms.is_none() || !t.c.is_active() {

@@ -414,6 +414,7 @@ pub struct TrafficCounts {
 
 #[derive(Debug, Default)]
 struct Interval {
+    started: u64,
     requests: u64,
     errors: u64,
     latencies: Vec<f64>,
@@ -504,6 +505,7 @@ impl Traffic {
                                 BackendReport {
                                     in_flight: v.in_flight.get(&id).copied().unwrap_or(0),
                                     requests: i.map_or(0, |i| i.requests),
+                                    started: i.map_or(0, |i| i.started),
                                     errors: i.map_or(0, |i| i.errors),
                                     latency_p50_ms: pct(0.5),
                                     latency_p99_ms: pct(0.99),
@@ -562,6 +564,7 @@ impl Traffic {
                                 .cloned()
                                 .expect("candidates");
                             *v.in_flight.entry(id.clone()).or_default() += 1;
+                            v.interval.entry(id.clone()).or_default().started += 1;
                             Some((id, addr))
                         }
                     };

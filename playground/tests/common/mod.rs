@@ -23,12 +23,21 @@ pub struct Server {
 
 impl Server {
     pub async fn start() -> Server {
+        Server::start_with_max_concurrency(None).await
+    }
+
+    /// A server whose `/cpu` and `/work` are limited as by `MAX_CONCURRENCY`.
+    pub async fn start_with_max_concurrency(max_concurrency: Option<usize>) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local_addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(playground::run(listener, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(playground::run_with_max_concurrency(
+            listener,
+            max_concurrency,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Server {
             addr,
             stop: Some(stop),
