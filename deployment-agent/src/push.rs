@@ -47,6 +47,15 @@ pub struct QueueFrame {
     pub text: Arc<str>,
 }
 
+/// One report as received.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub at_ms: Millis,
+    /// The subscriber connection it came on (two balancers that share a name stay apart).
+    pub connection: u64,
+    pub report: Report,
+}
+
 /// What one connected balancer has told us.
 #[derive(Debug, Clone)]
 struct Subscriber {
@@ -59,8 +68,9 @@ struct Subscriber {
 #[derive(Debug, Default)]
 pub struct Reports {
     subscribers: Mutex<HashMap<u64, Subscriber>>,
-    /// Reports not yet folded into scores by the control loop, with when they arrived.
-    pending: Mutex<Vec<(Millis, Report)>>,
+    /// Reports not yet folded into scores by the control loop, with when they arrived and
+    /// the connection they came on.
+    pending: Mutex<Vec<Pending>>,
     next_id: AtomicU64,
     received: AtomicU64,
     malformed: AtomicU64,
@@ -105,12 +115,15 @@ impl Reports {
         if pending.len() >= MAX_PENDING_REPORTS {
             pending.remove(0);
         }
-        pending.push((at, report));
+        pending.push(Pending {
+            at_ms: at,
+            connection: id,
+            report,
+        });
     }
 
-    /// Reports received since the last call, with when they arrived (for scoring and the
-    /// traffic windows).
-    pub fn take_pending(&self) -> Vec<(Millis, Report)> {
+    /// Reports received since the last call (for scoring and the traffic windows).
+    pub fn take_pending(&self) -> Vec<Pending> {
         std::mem::take(
             &mut *self
                 .pending

@@ -32,7 +32,7 @@ use crate::model::Millis;
 #[derive(Debug, Clone, PartialEq)]
 struct Sample {
     at_ms: Millis,
-    balancer: u32,
+    balancer: u64,
     started: u64,
     requests: u64,
     errors: u64,
@@ -45,7 +45,7 @@ struct Sample {
 #[derive(Debug, Clone, PartialEq)]
 struct Frame {
     at_ms: Millis,
-    balancer: u32,
+    balancer: u64,
     interval_ms: u64,
     task_queue_depth: Option<u64>,
 }
@@ -84,7 +84,6 @@ pub struct Traffic {
     keep_ms: u64,
     frames: VecDeque<Frame>,
     samples: HashMap<String, VecDeque<Sample>>,
-    balancer_ids: HashMap<String, u32>,
 }
 
 impl Traffic {
@@ -94,18 +93,12 @@ impl Traffic {
             keep_ms: keep_ms.max(1),
             frames: VecDeque::new(),
             samples: HashMap::new(),
-            balancer_ids: HashMap::new(),
         }
     }
 
-    fn balancer(&mut self, name: &str) -> u32 {
-        let next = u32::try_from(self.balancer_ids.len()).unwrap_or(u32::MAX);
-        *self.balancer_ids.entry(name.to_string()).or_insert(next)
-    }
-
-    /// Records one report received at `at_ms`.
-    pub fn record(&mut self, at_ms: Millis, report: &Report) {
-        let balancer = self.balancer(&report.balancer);
+    /// Records one report received at `at_ms` on subscriber connection `balancer` (keyed
+    /// by connection, not by the name in the report: two balancers may share a name).
+    pub fn record(&mut self, at_ms: Millis, balancer: u64, report: &Report) {
         self.frames.push_back(Frame {
             at_ms,
             balancer,
@@ -141,14 +134,11 @@ impl Traffic {
             }
             !q.is_empty()
         });
-        if self.frames.is_empty() {
-            self.balancer_ids.clear();
-        }
     }
 
     /// Milliseconds each balancer's frames cover in `(from, now]`.
-    fn coverage(&self, from: Millis) -> HashMap<u32, u64> {
-        let mut cover: HashMap<u32, u64> = HashMap::new();
+    fn coverage(&self, from: Millis) -> HashMap<u64, u64> {
+        let mut cover: HashMap<u64, u64> = HashMap::new();
         for f in self.frames.iter().filter(|f| f.at_ms > from) {
             *cover.entry(f.balancer).or_default() += f.interval_ms;
         }
@@ -210,12 +200,12 @@ impl Traffic {
 /// without a sample for a backend means nothing in flight there), summed over balancers.
 fn summarise(
     samples: &[&Sample],
-    cover: &HashMap<u32, u64>,
+    cover: &HashMap<u64, u64>,
     frames: &VecDeque<Frame>,
     from: Millis,
 ) -> Observed {
     let mut out = Observed::default();
-    let mut frames_of: HashMap<u32, u64> = HashMap::new();
+    let mut frames_of: HashMap<u64, u64> = HashMap::new();
     for f in frames.iter().filter(|f| f.at_ms > from) {
         *frames_of.entry(f.balancer).or_default() += 1;
     }
@@ -281,11 +271,14 @@ mod tests {
         for i in 1..=10u64 {
             t.record(
                 i * 1000,
+                1,
                 &report("b1", vec![backend("a", 100, 4, 10.0)], None),
             );
+            // A second balancer with the same name: its own connection, its own figures.
             t.record(
                 i * 1000 + 5,
-                &report("b2", vec![backend("a", 50, 2, 20.0)], None),
+                2,
+                &report("b1", vec![backend("a", 50, 2, 20.0)], None),
             );
         }
         let o = t.container("a", 10_005, 10_000, 0).unwrap();
@@ -302,8 +295,8 @@ mod tests {
     #[test]
     fn a_backend_missing_from_a_frame_had_nothing_in_flight() {
         let mut t = Traffic::new(60_000);
-        t.record(1000, &report("b", vec![backend("a", 10, 4, 5.0)], None));
-        t.record(2000, &report("b", vec![], None));
+        t.record(1000, 1, &report("b", vec![backend("a", 10, 4, 5.0)], None));
+        t.record(2000, 1, &report("b", vec![], None));
         let o = t.container("a", 2000, 10_000, 0).unwrap();
         assert!(close(o.in_flight, 2.0), "{o:?}");
         assert!(close(o.requests_per_s, 5.0), "{o:?}");
@@ -318,6 +311,7 @@ mod tests {
             let r = if i <= 3 { 300 } else { 100 };
             t.record(
                 i * 1000,
+                1,
                 &report(
                     "b",
                     vec![backend("a", r, 10, 5.0), backend("b", r, 10, 5.0)],
@@ -342,7 +336,7 @@ mod tests {
         let mut b = backend("a", 25, 40, 900.0);
         b.started = 75;
         b.errors = 99; // more errors than requests is clamped
-        t.record(1000, &report("x", vec![b], None));
+        t.record(1000, 1, &report("x", vec![b], None));
         let o = t.container("a", 1000, 6000, 0).unwrap();
         assert!(close(o.started_per_s / o.requests_per_s, 3.0), "{o:?}");
         assert!(close(o.errors_per_s, 25.0), "{o:?}");
@@ -351,7 +345,7 @@ mod tests {
     #[test]
     fn prune_forgets_old_data() {
         let mut t = Traffic::new(10_000);
-        t.record(1000, &report("b", vec![backend("a", 10, 1, 5.0)], None));
+        t.record(1000, 1, &report("b", vec![backend("a", 10, 1, 5.0)], None));
         t.prune(20_000);
         assert!(t.samples.is_empty() && t.frames.is_empty());
         assert_eq!(t.pool(20_000, 10_000, 0), PoolObserved::default());

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::push::Pending;
 use log::{debug, info};
-use protocol::Report;
 
 use super::decide::Observation;
 use super::Controller;
@@ -25,7 +25,7 @@ pub const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ScoringInputs {
     /// Response time of each probed container, ms (`None`: the probe failed).
     pub probes: Vec<(String, Option<f64>)>,
-    pub reports: Vec<(Millis, Report)>,
+    pub reports: Vec<Pending>,
 }
 
 impl Controller {
@@ -118,9 +118,9 @@ impl Controller {
     /// Folds this round's reports into the traffic windows, reads the host's CPU use, and
     /// sums up both for the scaler. The windows start no earlier than the pool's last
     /// change: the newest container's readiness or the last scale action.
-    fn observe_load(&mut self, now: Millis, reports: &[(Millis, Report)]) -> scaler::Observed {
-        for (at, r) in reports {
-            self.traffic.record(*at, r);
+    fn observe_load(&mut self, now: Millis, reports: &[Pending]) -> scaler::Observed {
+        for p in reports {
+            self.traffic.record(p.at_ms, p.connection, &p.report);
         }
         self.traffic.prune(now);
         if self.host_local {
@@ -169,7 +169,7 @@ impl Controller {
                 t.scorer.on_probe(*result);
             }
         }
-        for (_, report) in &inputs.reports {
+        for Pending { report, .. } in &inputs.reports {
             for b in &report.backends {
                 if let Some(t) = self.pool.get_mut(&b.id) {
                     t.scorer.on_report(b.latency_p50_ms, b.requests, b.errors);
