@@ -54,7 +54,16 @@ CRITICAL_LOAD_THRESHOLD|20|percent|main|scale up when any score is below this
 COOLDOWN_PERIOD|5s|duration|main|minimum time between two scaling steps
 SCALE_STEP|1|count|main|containers added per scale-up step
 SCALE_CHECK_PERIOD|10s|duration|main|how often scaling is decided
-SCALE_DOWN_STABILIZATION|60s|duration|main|how long the pool must stay under-loaded before it shrinks
+SCALE_DOWN_STABILIZATION|60s|duration|main|a scale-down goes to the largest proposal of this window
+TARGET_CONCURRENCY||cpus|main|requests in flight per container to aim at, observed by the balancers (empty: signal off)
+TARGET_QUEUE_PER_CONTAINER||cpus|main|queued tasks per container to aim at (empty: signal off)
+STABLE_WINDOW|60s|duration|advanced|window of the stable scaling proposals; panic lasts this long
+PANIC_WINDOW|6s|duration|advanced|short window for spikes (<= STABLE_WINDOW)
+PANIC_THRESHOLD|2|cpus|advanced|panic when the panic window proposes this many times the current size (>= 1)
+SCALE_TOLERANCE|0.1|number|advanced|dead band of the proportional signals (0..0.99)
+SCALE_UP_RATE|4|cpus|advanced|one decision multiplies the pool by at most this (>= 1)
+SCALE_DOWN_RATE|2|cpus|advanced|one decision divides the pool by at most this (>= 1)
+HOST_SATURATION|0.95|number|advanced|host CPU busy fraction at which scale-ups are held (1: never)
 # Scoring and container lifecycle (agent)
 CPU_WEIGHT|0.35|number|advanced|weight of the CPU score
 MEMORY_WEIGHT|0.25|number|advanced|weight of the memory score
@@ -63,6 +72,7 @@ AVAILABILITY_WEIGHT|0.25|number|advanced|weight of the availability (response ti
 HISTORY_SIZE|20|count|advanced|response times kept per container
 BEST_TIME_WINDOW|10|count|advanced|window of the best response time (<= HISTORY_SIZE)
 EMA_ALPHA|0.2|number|advanced|smoothing of the availability score (0 < alpha <= 1)
+SCORE_POWER|4|cpus|advanced|exponent of the power mean of the sub-scores' loads (1: weighted mean)
 LU_THRESHOLD|70|percent|advanced|score from which a container is LU (lightly used)
 MU_THRESHOLD|40|percent|advanced|score from which a container is MU (< LU_THRESHOLD)
 NETWORK_CAPACITY|125MB|size|advanced|bytes per second that count as 100 % network use
