@@ -420,6 +420,16 @@ async fn cpu_load_scales_the_pool_up() {
         grown.version
     );
     assert!(grown.items.iter().any(|i| i.id == first));
+    // Under saturating load the busy container shows it (MU or HU), whatever its memory and
+    // network do.
+    assert!(
+        grown
+            .items
+            .iter()
+            .any(|i| i.id == first && matches!(i.category, Category::Medium | Category::High)),
+        "the saturated container is MU or HU: {:?}",
+        grown.items
+    );
     // The decision names the score signal and its inputs.
     let proposals = scale_up["details"]["proposals"]
         .as_array()
