@@ -8,16 +8,18 @@
 //! metrics). `current` is the number of active (not SUNDOWN) containers.
 //! - **score** (always on; the thresholds of the brief, scores are 100 = idle). With `avg` the
 //!   average and `min` the lowest score of the scored active containers and `load = 100 − avg`:
-//!   - `avg < HIGH_LOAD_THRESHOLD`: `ceil(current × load × backlog / (100 − HIGH))`, so at
-//!     least one more;
+//!   - `avg < HIGH_LOAD_THRESHOLD`: `ceil(current × load / (100 − HIGH))`, so at least one
+//!     more, then checked against the flow of requests when the balancers see traffic
+//!     ([`size_by_flow`]);
 //!   - else `min < CRITICAL_LOAD_THRESHOLD`: `current + 1`;
 //!   - `avg > LOW_LOAD_THRESHOLD`: `ceil(current × load / (100 − (HIGH + LOW) / 2))`: the
 //!     size at which the load would come back to the middle of the band;
 //!   - otherwise `current` (the band between the thresholds is this signal's dead band).
 //!
-//!   `backlog` is requests sent ÷ requests completed over the window, when above
-//!   `1 + SCALE_TOLERANCE`: a saturated pool scores the same whether it is asked for 10 %
-//!   or 300 % more than it serves, and this is what tells them apart.
+//!   The flow (requests sent ÷ requests completed over the window) sizes the step: a
+//!   saturated pool scores the same whether it is asked for 10 % or 300 % more than it
+//!   serves, and keeps a low score while it works off a backlog. Growing backlog: at least
+//!   `ceil(current × flow / 0.8)`; shrinking backlog: no growth; keeping up: one at a time.
 //! - **concurrency** (`TARGET_CONCURRENCY`, off when unset): mean requests in flight summed
 //!   over the balancers, per container, against the target: `ceil(current × observed /
 //!   target)` (= `ceil(in_flight / target)`), Knative's metric.
@@ -180,6 +182,35 @@ fn score_stats(pool: &[Container]) -> Option<(f64, f64)> {
     Some((avg, min))
 }
 
+/// Utilisation a backlogged pool is sized for by [`size_by_flow`].
+pub const FLOW_TARGET_UTILISATION: f64 = 0.8;
+
+/// The score signal's growth checked against the flow of requests (`flow` = requests sent ÷
+/// requests completed, when the balancers saw traffic). A saturated pool scores the same
+/// whether it is asked for 10 % or 300 % more than it serves, and its score stays low while it
+/// works off a backlog, so the score alone cannot size the step; the flow can:
+/// - backlog growing (`flow > 1 + tol`): at least `ceil(current × flow / 0.8)`, the size at
+///   which the demand would run the pool at 80 %;
+/// - backlog shrinking (`flow < 1 − tol`): no growth, the pool is catching up;
+/// - keeping up: one more container at a time.
+fn size_by_flow(current: usize, by_score: usize, flow: Option<f64>, tol: f64) -> (usize, String) {
+    match flow {
+        Some(f) if f > 1.0 + tol => {
+            let need = (current as f64 * f / FLOW_TARGET_UTILISATION - 1e-9).ceil() as usize;
+            (
+                by_score.max(need),
+                format!(", {f:.2}× more requests sent than completed"),
+            )
+        }
+        Some(f) if f < 1.0 - tol => (
+            current,
+            format!(", but the backlog is shrinking ({f:.2}× sent per completed)"),
+        ),
+        Some(_) => (by_score.min(current + 1), String::new()),
+        None => (by_score, String::new()),
+    }
+}
+
 /// Every enabled signal's proposal over one window.
 pub fn proposals(
     pool: &[Container],
@@ -191,23 +222,16 @@ pub fn proposals(
     let current = current.max(1);
     if let Some((avg, min)) = score_stats(pool) {
         let load = 100.0 - avg;
-        let backlog = w
-            .backlog
-            .filter(|b| b.is_finite() && *b > 1.0 + cfg.tolerance)
-            .unwrap_or(1.0);
-        let with_backlog = if backlog > 1.0 {
-            format!(", {backlog:.2}× more requests sent than completed")
-        } else {
-            String::new()
-        };
+        let flow = w.backlog.filter(|b| b.is_finite() && *b >= 0.0);
         let (desired, target, why) = if avg < cfg.high_threshold {
             let target = 100.0 - cfg.high_threshold;
-            let want = proportional(current, load * backlog, target, 0.0).max(current + 1);
+            let by_score = proportional(current, load, target, 0.0).max(current + 1);
+            let (want, how) = size_by_flow(current, by_score, flow, cfg.tolerance);
             (
                 want,
                 target,
                 format!(
-                    "average score {avg:.1} below HIGH_LOAD_THRESHOLD {}{with_backlog}",
+                    "average score {avg:.1} below HIGH_LOAD_THRESHOLD {}{how}",
                     cfg.high_threshold
                 ),
             )
@@ -240,7 +264,7 @@ pub fn proposals(
         out.push(Proposal {
             signal: Signal::Score,
             desired,
-            observed: round2(load * backlog),
+            observed: round2(load),
             target,
             why,
         });
@@ -605,10 +629,17 @@ mod tests {
             (&[45.0, 45.0], None, 3),
             // Just below HIGH: at least one more.
             (&[54.9, 54.9], None, 3),
-            // Saturated, 3× more sent than completed: 77 × 3 / 45 × 1 = 5.13 → 6.
-            (&[23.0], Some(3.0), 6),
-            // A backlog within the tolerance is ignored.
+            // Saturated, 3× more sent than completed: the flow sizes it, ceil(3 / 0.8) = 4
+            // (the score alone says ceil(77 / 45) = 2).
+            (&[23.0], Some(3.0), 4),
+            // Keeping up (within the tolerance): one more at a time, though the score
+            // alone asks ceil(2 × 90 / 45) = 4.
             (&[23.0], Some(1.05), 2),
+            (&[10.0, 10.0], Some(1.0), 3),
+            // Working off a backlog: no growth while it shrinks.
+            (&[12.0, 12.0, 12.0, 12.0], Some(0.75), 4),
+            // No traffic seen: the score alone.
+            (&[10.0, 10.0], None, 4),
             // One critical container, average fine: one more.
             (&[90.0, 90.0, 10.0], None, 4),
             // Within the band: no change.
