@@ -22,7 +22,8 @@
 //!   `ceil(current × flow / 0.8)`; shrinking backlog: no growth; keeping up: one at a time.
 //! - **concurrency** (`TARGET_CONCURRENCY`, off when unset): mean requests in flight summed
 //!   over the balancers, per container, against the target: `ceil(current × observed /
-//!   target)` (= `ceil(in_flight / target)`), Knative's metric.
+//!   target)` (= `ceil(in_flight / target)`), Knative's metric; no growth while a backlog
+//!   shrinks (requests queued while the pool was smaller still count as in flight).
 //! - **queue** (`TARGET_QUEUE_PER_CONTAINER`, off when unset): the task queue depth per
 //!   container against the target, the same way.
 //!
@@ -271,9 +272,15 @@ pub fn proposals(
     }
     if let (Some(target), true) = (cfg.target_concurrency, w.covered_ms > 0) {
         let per = w.concurrency / current as f64;
+        let mut desired = proportional(current, per, target, cfg.tolerance);
+        // Requests queued while the pool was smaller are in flight too: while that backlog
+        // shrinks, the pool is catching up and more containers would be too many.
+        if w.backlog.is_some_and(|f| f < 1.0 - cfg.tolerance) {
+            desired = desired.min(current);
+        }
         out.push(Proposal {
             signal: Signal::Concurrency,
-            desired: proportional(current, per, target, cfg.tolerance),
+            desired,
             observed: round2(w.concurrency),
             target,
             why: format!(
@@ -680,6 +687,9 @@ mod tests {
         let props = proposals(&p, 2, &c, &seen(10.0, None, Some(190.0)).stable);
         let w = winner(&props).unwrap();
         assert_eq!((w.signal, w.desired), (Signal::Queue, 10));
+        // A shrinking backlog (more completed than sent) holds the concurrency signal.
+        let props = proposals(&p, 2, &c, &seen(41.0, Some(0.7), None).stable);
+        assert_eq!(winner(&props).unwrap().desired, 2);
         // Off when unset.
         assert_eq!(
             proposals(&p, 2, &cfg(), &seen(41.0, None, Some(190.0)).stable).len(),
