@@ -6,7 +6,8 @@
 //! - [`config`]: every environment variable, parsed once into [`config::Config`].
 //! - Pure decision code, no I/O: [`scoring`] (sub-scores and the overall score),
 //!   [`scaler`] (scale up / down decisions), [`lifecycle`] (categories, drain completion,
-//!   reconcile planning).
+//!   reconcile planning), [`traffic`] (the balancers' reports over sliding windows),
+//!   [`host`] (the host's CPU use; reading `/proc/stat` is its one I/O call).
 //! - Edges, one external system each: [`docker`] (the only bollard user), [`store`] (the only
 //!   Redis user), [`probe`] (TCP/HTTP probes of app containers).
 //! - Serving: [`push`] (the balancers' WebSocket), [`api`] (HTTP API and dashboard).
