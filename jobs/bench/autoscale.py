@@ -549,8 +549,11 @@ def per_second(run):
         ok = [lat for lat, err in done if err is None]
         started = by_start.get(k, [])
         ok_s = [lat for lat, err in started if err is None]
-        scores = [x["score"] for x in s.get("stats") or []
+        scored = [x for x in s.get("stats") or []
                   if x.get("score") is not None and x.get("cat") in ("LU", "MU", "HU")]
+        scores = [x["score"] for x in scored]
+        cpu_sc = [x["cpu"] for x in scored if x.get("cpu") is not None]
+        av_sc = [x["avail"] for x in scored if x.get("avail") is not None]
         cpu = s.get("cpu") or {}
         rows.append({
             "run": run["label"], "t": k,
@@ -567,6 +570,8 @@ def per_second(run):
             "host_cpu_busy": s["host_cpu_busy"],
             "avg_score": statistics.mean(scores) if scores else None,
             "min_score": min(scores) if scores else None,
+            "avg_cpu_score": statistics.mean(cpu_sc) if cpu_sc else None,
+            "avg_availability_score": statistics.mean(av_sc) if av_sc else None,
             "cpu_host": cpu.get("host"),
             "cpu_our_containers": cpu.get("our_containers"),
             "cpu_other_containers": cpu.get("other_containers"),
@@ -580,6 +585,7 @@ def per_second(run):
 CSV_FIELDS = ["run", "t", "active", "serving", "desired", "p50_ms", "p99_ms", "errors", "rate",
               "completed", "p99_by_start_ms", "errors_by_start", "client_in_flight",
               "containers", "bal_selectable", "host_cpu_busy", "avg_score", "min_score",
+              "avg_cpu_score", "avg_availability_score",
               "cpu_host", "cpu_our_containers", "cpu_other_containers", "cpu_our_procs",
               "cpu_rest", "phase"]
 
@@ -665,7 +671,33 @@ def metrics(run, needed, p99_from):
     step_ms = run["wall_step_ms"]
     ups = [e for e in ev if e["kind"] == "scale_up" and e["at_ms"] >= step_ms - 1000]
     m["first_scale_up"] = (ups[0]["at_ms"] - step_ms) / 1000 if ups else None
+    downs = [e for e in ev if e["kind"] == "scale_down" and e["at_ms"] >= step_ms]
+    m["scale_downs"] = len(downs)
+    m["first_scale_down"] = (downs[0]["at_ms"] - step_ms) / 1000 - load_s if downs else None
+    if downs:
+        t_first = (downs[0]["at_ms"] - step_ms) / 1000
+        m["errors_shrinking"] = sum(1 for x in reqs if x[0] + x[2] / 1000 >= t_first
+                                    and x[4] is not None)
+        m["requests_shrinking"] = sum(1 for x in reqs if x[0] + x[2] / 1000 >= t_first)
+    else:
+        m["errors_shrinking"] = m["requests_shrinking"] = None
     return m
+
+
+def score_recovery(rows, load_s, low):
+    """After the load: first second whose average score is above `low`, and the average
+    CPU / availability sub-scores at a few points."""
+    after = [r for r in rows if r["t"] >= load_s]
+    first = next((r["t"] - load_s for r in after
+                  if r["avg_score"] is not None and r["avg_score"] > low), None)
+    known = [r for r in after if r["avg_score"] is not None]
+    share = (sum(1 for r in known if r["avg_score"] > low) / len(known)) if known else None
+    points = []
+    for d in (0, 30, 60, 120):
+        r = next((r for r in after if r["t"] - load_s >= d), None)
+        if r is not None and r["avg_score"] is not None:
+            points.append((d, r["avg_score"], r["avg_cpu_score"], r["avg_availability_score"]))
+    return first, share, points
 
 
 def rel_events(run, kinds=None):
@@ -861,9 +893,31 @@ def cmd_report(a):
                      f"{ma['errors_tail']})",
                      f"{mf['errors_total']} ({mf['errors_warmup']} / {mf['errors_load']} / "
                      f"{mf['errors_tail']})" if mf else "n/a", "", ""))
-        rows.append(("errors while shrinking (requests started after the end of the load, "
-                     f"{ma['requests_tail']} sent)", str(ma["errors_tail"]), "", "0",
-                     met(ma["errors_tail"] == 0)))
+        rows.append(("first `scale_down` decision after the end of the load (agent event)",
+                     cell(ma["first_scale_down"], 1, " s") if ma["first_scale_down"] is not None
+                     else "none", "", "", ""))
+        rec_first, rec_share, rec_points = score_recovery(auto_rows, load_s, a.low_threshold)
+        rows.append((f"after the load: first second with the average score of the scored "
+                     f"containers (`/stats`) > LOW_LOAD_THRESHOLD {a.low_threshold:g} (the "
+                     "scale-down condition); share of the seconds after the load above it",
+                     (cell(rec_first, 0, " s") if rec_first is not None else "never")
+                     + f"; {cell(None if rec_share is None else rec_share * 100, 0, ' %')}",
+                     "", "", ""))
+        if rec_points:
+            rows.append(("… average overall / CPU / availability sub-score at the end of the "
+                         "load + " + ", ".join(f"{d} s" for d, *_ in rec_points),
+                         "; ".join(f"+{d} s: {cell(o, 0)} / {cell(c, 0)} / {cell(v, 0)}"
+                                   for d, o, c, v in rec_points), "", "", ""))
+        if ma["errors_shrinking"] is None:
+            rows.append(("errors while shrinking (requests finishing after the first "
+                         "`scale_down`)", "n/a: the pool did not shrink during the run", "",
+                         "0", "n/a (not exercised)"))
+        else:
+            rows.append(("errors while shrinking (requests finishing after the first "
+                         f"`scale_down`, {ma['requests_shrinking']} of them)",
+                         str(ma["errors_shrinking"]), "", "0", met(ma["errors_shrinking"] == 0)))
+        rows.append(("errors among the requests started after the end of the load "
+                     f"({ma['requests_tail']} sent)", str(ma["errors_tail"]), "", "", ""))
         rows.append(("requests sent (warm-up / load / after)",
                      f"{auto['sent']['warmup']} / {auto['sent']['load']} / {auto['sent']['tail']}",
                      f"{fixed['sent']['warmup']} / {fixed['sent']['load']} / "
@@ -890,6 +944,13 @@ def cmd_report(a):
                      f"{cell(ma['lateness_p99'], 1)} / {cell(ma['lateness_max'], 1)} ms",
                      f"{cell(mf['lateness_p99'], 1)} / {cell(mf['lateness_max'], 1)} ms"
                      if mf else "n/a", "", ""))
+    if not ma and mf:  # --only fixed: the reference alone
+        rows.append((f"p99 / p50 of requests started in [step + {a.p99_from:.0f} s, end of load)",
+                     "not run", f"{cell(mf['p99_win'], 0, ' ms')} / {cell(mf['p50_win'], 0, ' ms')}",
+                     "", ""))
+        rows.append(("p99 / max over the whole load step", "not run",
+                     f"{cell(mf['p99_load'], 0, ' ms')} / {cell(mf['max_load'], 0, ' ms')}", "", ""))
+        rows.append(("errors", "not run", str(mf["errors_total"]), "", ""))
     L.append("| metric | autoscaled | fixed pool | target | met |")
     L.append("|---|---|---|---|---|")
     for r in rows:
@@ -927,9 +988,10 @@ def cmd_report(a):
                  "≈ the slowest); errors likewise by completion; `rate` = requests sent in that "
                  "second; `in flight` = the generator's requests not answered yet.")
         L.append("")
-        L.append("| t (s) | active | serving | desired | containers | avg / min score | p50 ms | "
-                 "p99 ms | errors | rate | in flight | host CPU (agent) | not ours, cores |")
-        L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        L.append("| t (s) | active | serving | desired | containers | avg / min score | "
+                 "avg CPU / avail. sub-score | p50 ms | p99 ms | errors | rate | in flight | "
+                 "host CPU (agent) | not ours, cores |")
+        L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in auto_rows:
             t = r["t"]
             if not (-3 <= t <= 40 or t % 5 == 0):
@@ -939,7 +1001,8 @@ def cmd_report(a):
                    else r["cpu_other_containers"] + r["cpu_rest"])
             L.append(f"| {t} | {fmt(r['active'])} | {fmt(r['serving'])} | {fmt(r['desired'])} | "
                      f"{fmt(r['containers'])} | {cell(r['avg_score'], 0)} / "
-                     f"{cell(r['min_score'], 0)} | {cell(r['p50_ms'], 0)} | "
+                     f"{cell(r['min_score'], 0)} | {cell(r['avg_cpu_score'], 0)} / "
+                     f"{cell(r['avg_availability_score'], 0)} | {cell(r['p50_ms'], 0)} | "
                      f"{cell(r['p99_ms'], 0)} | {r['errors']} | {r['rate']} | "
                      f"{fmt(r['client_in_flight'])} | "
                      f"{cell(None if busy is None else busy * 100, 0, ' %')} | {cell(oth, 2)} |")
@@ -968,7 +1031,8 @@ def cmd_report(a):
         holds = holds_from_log(a.auto_log, auto["wall_step_ms"])
         if holds:
             L.append("Scale checks from the agent's debug log (`scaling: …`, 1-s timestamps; "
-                     "repeats of the same reason folded), from the step on:")
+                     "checks that differ only in their figures are folded, the last one is "
+                     "shown), from the step on:")
             L.append("")
             for t0, t1, n, text in holds:
                 if t1 < -2:
@@ -997,7 +1061,7 @@ def cmd_report(a):
             f"{ma['peak_active']} (target ≤ {needed + 1}), p99 after +{a.p99_from:.0f} s "
             f"{fmt(ma['p99_win'], 0)} ms vs fixed {fmt(mf['p99_win'] if mf else None, 0)} ms "
             f"(ratio {fmt(ratio, 2)}, target ≤ 1.5), shrink {fmt(ma['t_shrunk'], 0)} s, errors "
-            f"{ma['errors_total']} ({ma['errors_tail']} while shrinking)")
+            f"{ma['errors_total']} ({fmt(ma['errors_shrinking'])} while shrinking)")
 
 
 # ------------------------------------------------------------------- main
@@ -1048,6 +1112,8 @@ def main():
     sp.add_argument("--auto-log")
     sp.add_argument("--needed", type=int, required=True)
     sp.add_argument("--p99-from", type=float, default=30)
+    sp.add_argument("--low-threshold", type=float, default=80,
+                    help="the agent's LOW_LOAD_THRESHOLD")
     sp.add_argument("--notes")
     sp.add_argument("--md", required=True)
     sp.add_argument("--csv", required=True)
