@@ -185,6 +185,13 @@ pub struct ScalingConfig {
     /// Host CPU busy fraction (0..1) over the panic window at or above which the host counts
     /// as saturated and no container is added (`HOST_SATURATION`; 1 = never).
     pub host_saturation: f64,
+    /// The app containers' CPU limit (`CONTAINER_CPUS`): with it the score signal sizes the
+    /// pool by CPU demand.
+    pub cpu_limit: Option<f64>,
+    /// CPU utilisation at which the CPU dimension alone brings a container's score down to
+    /// `HIGH_LOAD_THRESHOLD`: `(100 − HIGH) / 100 / (CPU_WEIGHT / Σ weights)^(1 / SCORE_POWER)`,
+    /// at most 1; `None` when CPU_WEIGHT is 0.
+    pub cpu_target: Option<f64>,
 }
 
 /// Relative importance of the sub-scores. Each is >= 0 and they need not add up to 1:
@@ -235,6 +242,16 @@ pub fn ms(d: Duration) -> u64 {
 
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// See [`ScalingConfig::cpu_target`].
+pub fn cpu_target(s: &ScalingConfig, sc: &ScoringConfig) -> Option<f64> {
+    let share = sc.weights.cpu / sc.weights.sum();
+    if !(share.is_finite() && share > 0.0) {
+        return None;
+    }
+    let u = (100.0 - s.high_threshold) / 100.0 / share.powf(1.0 / sc.power);
+    Some(u.clamp(0.05, 1.0))
 }
 
 /// A finite number > 0.
@@ -370,6 +387,8 @@ impl Config {
             up_rate: r.number(SCALE_UP_RATE, 4.0, 1.0, 1000.0),
             down_rate: r.number(SCALE_DOWN_RATE, 2.0, 1.0, 1000.0),
             host_saturation: r.number(HOST_SATURATION, 0.95, 0.0, 1.0),
+            cpu_limit: None,
+            cpu_target: None,
         };
         let weights = Weights {
             cpu: r.number(CPU_WEIGHT, 0.35, 0.0, f64::MAX),
@@ -396,6 +415,9 @@ impl Config {
             failure_ms: probe_timeout.as_secs_f64() * 1000.0,
             power: r.number(SCORE_POWER, 4.0, 1.0, 64.0),
         };
+        let mut scaling = scaling;
+        scaling.cpu_limit = container.cpus;
+        scaling.cpu_target = cpu_target(&scaling, &scoring);
         let sample_period = r.positive_duration(SAMPLE_PERIOD, Duration::from_secs(2));
         let probe_path = r.get(
             PROBE_PATH,
@@ -521,6 +543,20 @@ mod tests {
             Ok(c) => panic!("accepted {vars:?}: {c:?}"),
             Err(e) => e.variables(),
         }
+    }
+
+    #[test]
+    fn cpu_target_follows_the_high_threshold_and_weights() {
+        let c = parse(&[(CONTAINER_CPUS, "0.25")]).unwrap();
+        assert_eq!(c.scaling.cpu_limit, Some(0.25));
+        // (100 − 55) / 100 / 0.35^(1/4) = 0.585.
+        let t = c.scaling.cpu_target.unwrap();
+        assert!((t - 0.45 / 0.35f64.powf(0.25)).abs() < 1e-9, "{t}");
+        let c = parse(&[(CPU_WEIGHT, "0")]).unwrap();
+        assert_eq!(c.scaling.cpu_target, None);
+        // A low threshold can ask for more than 100 %: capped.
+        let c = parse(&[(HIGH_LOAD_THRESHOLD, "1"), (CRITICAL_LOAD_THRESHOLD, "0")]).unwrap();
+        assert_eq!(c.scaling.cpu_target, Some(1.0));
     }
 
     #[test]

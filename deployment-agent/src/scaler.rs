@@ -16,10 +16,15 @@
 //!     size at which the load would come back to the middle of the band;
 //!   - otherwise `current` (the band between the thresholds is this signal's dead band).
 //!
-//!   The flow (requests sent ÷ requests completed over the window) sizes the step: a
-//!   saturated pool scores the same whether it is asked for 10 % or 300 % more than it
-//!   serves, and keeps a low score while it works off a backlog. Growing backlog: at least
-//!   `ceil(current × flow / 0.8)`; shrinking backlog: no growth; keeping up: one at a time.
+//!   A saturated pool scores the same whether it is asked for 10 % or 300 % more than it
+//!   serves, and keeps a low score while it works off a backlog, so the score alone cannot
+//!   size the step. With a CPU limit (`CONTAINER_CPUS`) the **CPU demand** does: requests
+//!   sent per second × the CPU cost of one request learnt while the pool kept up
+//!   ([`learn_cost`]), against the utilisation at which the CPU alone would bring the
+//!   score to HIGH (`cpu_target`, 58 % with the defaults): `max(current,
+//!   ceil(demand / (CONTAINER_CPUS × cpu_target)))`. Without a limit or before a cost is
+//!   known, the **flow** (requests sent ÷ completed) does: growing backlog → at least
+//!   `ceil(current × flow / 0.8)`; shrinking backlog → no growth; keeping up → one at a time.
 //! - **concurrency** (`TARGET_CONCURRENCY`, off when unset): mean requests in flight summed
 //!   over the balancers, per container, against the target: `ceil(current × observed /
 //!   target)` (= `ceil(in_flight / target)`), Knative's metric; no growth while a backlog
@@ -91,6 +96,11 @@ pub struct WindowStats {
     pub queue_depth: Option<f64>,
     /// Milliseconds of reports in the window.
     pub covered_ms: u64,
+    /// Requests sent per second.
+    pub started_per_s: f64,
+    /// CPUs the requests sent would use: `started_per_s` × the learned CPU cost of one
+    /// request ([`learn_cost`]); `None` until a cost is known.
+    pub cpu_demand: Option<f64>,
 }
 
 /// The inputs of a decision besides the pool.
@@ -183,6 +193,38 @@ fn score_stats(pool: &[Container]) -> Option<(f64, f64)> {
     Some((avg, min))
 }
 
+/// Smoothing of the learned CPU cost of a request.
+const COST_ALPHA: f64 = 0.3;
+
+/// The CPU seconds one request costs, learned while the pool keeps up: `cpu / completed`
+/// (CPUs used by the active containers ÷ requests completed per second), EMA-smoothed, from
+/// rounds where at least one request per second completed, requests were sent about as fast
+/// as they completed (`flow` within `1 ± tol`) and no container was above 90 % of its CPUs.
+/// Under saturation the completions say what the pool manages, not what it is asked for, so
+/// the cost learnt before the spike sizes the step: `demand = sent/s × cost`.
+pub fn learn_cost(
+    prev: Option<f64>,
+    cpu: f64,
+    completed_per_s: f64,
+    flow: Option<f64>,
+    busiest: f64,
+    tol: f64,
+) -> Option<f64> {
+    let steady = completed_per_s >= 1.0
+        && flow.is_some_and(|f| (f - 1.0).abs() <= tol)
+        && busiest < 0.9
+        && cpu.is_finite()
+        && cpu >= 0.0;
+    if !steady {
+        return prev;
+    }
+    let sample = cpu / completed_per_s;
+    Some(match prev {
+        Some(p) => COST_ALPHA * sample + (1.0 - COST_ALPHA) * p,
+        None => sample,
+    })
+}
+
 /// Utilisation a backlogged pool is sized for by [`size_by_flow`].
 pub const FLOW_TARGET_UTILISATION: f64 = 0.8;
 
@@ -227,7 +269,25 @@ pub fn proposals(
         let (desired, target, why) = if avg < cfg.high_threshold {
             let target = 100.0 - cfg.high_threshold;
             let by_score = proportional(current, load, target, 0.0).max(current + 1);
-            let (want, how) = size_by_flow(current, by_score, flow, cfg.tolerance);
+            let by_demand = cfg
+                .cpu_limit
+                .zip(cfg.cpu_target)
+                .zip(w.cpu_demand)
+                .map(|((limit, u), demand)| (demand, limit, u));
+            let (want, how) = match by_demand {
+                Some((demand, limit, u)) => {
+                    let need = (demand / (limit * u) - 1e-9).ceil().max(1.0) as usize;
+                    (
+                        need.max(current),
+                        format!(
+                            "; CPU demand {demand:.2} CPUs ({:.1} req/s) needs {need} at {:.0} % of {limit} CPU",
+                            w.started_per_s,
+                            u * 100.0
+                        ),
+                    )
+                }
+                None => size_by_flow(current, by_score, flow, cfg.tolerance),
+            };
             (
                 want,
                 target,
@@ -528,6 +588,8 @@ mod tests {
             up_rate: 4.0,
             down_rate: 2.0,
             host_saturation: 0.95,
+            cpu_limit: None,
+            cpu_target: None,
         }
     }
 
@@ -574,6 +636,7 @@ mod tests {
             backlog,
             queue_depth: depth,
             covered_ms: 6_000,
+            ..WindowStats::default()
         };
         Observed {
             panic: w,
@@ -667,6 +730,64 @@ mod tests {
             assert_eq!(props.len(), 1, "only the score signal is on");
             assert_eq!(props[0].desired, *want, "{scores:?} {backlog:?}: {props:?}");
         }
+    }
+
+    #[test]
+    fn cpu_cost_is_learnt_only_while_the_pool_keeps_up() {
+        // 0.04 CPUs for 2 requests/s: 20 ms each.
+        let c = learn_cost(None, 0.04, 2.0, Some(1.0), 0.2, 0.1);
+        assert!((c.unwrap() - 0.02).abs() < 1e-12);
+        // Smoothed: 0.3 × 0.03 + 0.7 × 0.02.
+        let c2 = learn_cost(c, 0.06, 2.0, Some(1.05), 0.3, 0.1).unwrap();
+        assert!((c2 - 0.023).abs() < 1e-12);
+        // Not learnt: too little traffic, a backlog either way, a saturated container.
+        for (cpu, done, flow, busiest) in [
+            (0.5, 0.5, Some(1.0), 0.5),
+            (0.25, 12.5, Some(3.0), 0.5),
+            (0.25, 12.5, Some(0.5), 0.5),
+            (0.25, 12.5, Some(1.0), 0.95),
+            (0.25, 12.5, None, 0.5),
+            (f64::NAN, 12.5, Some(1.0), 0.5),
+        ] {
+            assert_eq!(
+                learn_cost(c, cpu, done, flow, busiest, 0.1),
+                c,
+                "{cpu} {done} {flow:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cpu_demand_sizes_the_score_signal() {
+        // The benchmark's step: 0.25-CPU containers, 20 ms of CPU per request, 37.5 req/s;
+        // with the default weights the CPU target is 0.45 / 0.35^¼ = 58.5 %.
+        let c = ScalingConfig {
+            cpu_limit: Some(0.25),
+            cpu_target: Some(0.45 / 0.35f64.powf(0.25)),
+            ..cfg()
+        };
+        let w = |sent: f64| WindowStats {
+            started_per_s: sent,
+            cpu_demand: Some(sent * 0.02),
+            backlog: Some(6.3),
+            covered_ms: 6000,
+            ..WindowStats::default()
+        };
+        // 0.75 CPUs / (0.25 × 0.585) = 5.13 → 6, whatever the (lumpy) flow says.
+        let props = proposals(&pool(&[20.0]), 1, &c, &w(37.5));
+        assert_eq!(props[0].desired, 6, "{props:?}");
+        assert!(
+            props[0]
+                .why
+                .contains("CPU demand 0.75 CPUs (37.5 req/s) needs 6"),
+            "{props:?}"
+        );
+        // At 6 the score may stay low (latency), but the demand is covered: no growth.
+        let props = proposals(&pool(&[40.0; 6]), 6, &c, &w(37.5));
+        assert_eq!(props[0].desired, 6, "{props:?}");
+        // Without a limit (or before a cost is learnt) the flow decides.
+        let props = proposals(&pool(&[20.0]), 1, &cfg(), &w(37.5));
+        assert_eq!(props[0].desired, 8, "ceil(6.3 / 0.8): {props:?}");
     }
 
     #[test]

@@ -258,6 +258,11 @@ impl RtHistory {
         });
     }
 
+    /// Drops the oldest sample (the EMA keeps its value until the next push).
+    fn pop_oldest(&mut self) {
+        self.samples.pop_front();
+    }
+
     fn value(&self, s: Option<f64>) -> f64 {
         s.unwrap_or(self.failure_ms)
     }
@@ -319,6 +324,11 @@ pub struct Availability {
     error_ratio: f64,
     /// Probe observations since the last report with traffic; `None` = no report yet.
     probes_since_report: Option<usize>,
+    /// Probe rounds so far, and the round of each report sample (oldest first): report
+    /// samples older than `HISTORY_SIZE` rounds are dropped, so the slow answers of a past
+    /// load do not hold the score down while light traffic trickles in afterwards.
+    rounds: u64,
+    report_rounds: VecDeque<u64>,
 }
 
 impl Availability {
@@ -332,6 +342,8 @@ impl Availability {
             reports: h(DEFAULT_FAILURE_MS),
             error_ratio: 0.0,
             probes_since_report: None,
+            rounds: 0,
+            report_rounds: VecDeque::new(),
         }
     }
 
@@ -363,6 +375,7 @@ impl Availability {
     }
 
     fn tick(&mut self) {
+        self.rounds += 1;
         if let Some(n) = self.probes_since_report.as_mut() {
             *n += 1;
         }
@@ -375,7 +388,20 @@ impl Availability {
             return;
         }
         if let Some(p50) = p50_ms.filter(|p| p.is_finite() && *p >= 0.0) {
+            let max_age = self.reports.history_size as u64;
+            while self
+                .report_rounds
+                .front()
+                .is_some_and(|r| self.rounds.saturating_sub(*r) > max_age)
+            {
+                self.report_rounds.pop_front();
+                self.reports.pop_oldest();
+            }
             self.reports.push(Some(p50));
+            self.report_rounds.push_back(self.rounds);
+            while self.report_rounds.len() > self.reports.samples.len() {
+                self.report_rounds.pop_front();
+            }
         }
         let ratio = (errors.min(requests) as f64) / requests as f64;
         let alpha = self.probes.alpha;
@@ -409,6 +435,8 @@ pub struct ContainerScorer {
     cpu_limit: Option<f64>,
     prev: Option<StatsSample>,
     cpu: Option<f64>,
+    /// CPUs in use at the last sample (cpu% / 100).
+    cpu_cores: Option<f64>,
     memory: Option<f64>,
     network: Option<f64>,
     availability: Availability,
@@ -424,6 +452,7 @@ impl ContainerScorer {
             cpu_limit,
             prev: None,
             cpu: None,
+            cpu_cores: None,
             memory: None,
             network: None,
             availability: Availability::new(cfg.history_size, cfg.best_window, cfg.ema_alpha)
@@ -434,6 +463,9 @@ impl ContainerScorer {
     /// A new stats sample and, when known, what the host leaves the container. Sub-scores
     /// that cannot be computed from it keep their last value.
     pub fn on_stats(&mut self, sample: StatsSample, host: Option<HostShare>) {
+        if let Some(p) = cpu_percent(&sample) {
+            self.cpu_cores = Some(p / 100.0);
+        }
         if let Some(c) = cpu_score(&sample, self.cpu_limit, host) {
             self.cpu = Some(c);
         }
@@ -459,6 +491,11 @@ impl ContainerScorer {
     /// One balancer's report for this container (see [`Availability::observe_report`]).
     pub fn on_report(&mut self, p50_ms: Option<f64>, requests: u64, errors: u64) {
         self.availability.observe_report(p50_ms, requests, errors);
+    }
+
+    /// CPUs the container used over the last stats interval.
+    pub fn cpu_cores(&self) -> Option<f64> {
+        self.cpu_cores
     }
 
     /// The current scores; `None` until there is a CPU figure and an availability
@@ -850,6 +887,27 @@ mod tests {
         for _ in 0..3 {
             a.observe(10.0);
         }
+        assert_eq!(a.score(), Some(100.0));
+    }
+
+    #[test]
+    fn report_samples_of_a_past_load_expire() {
+        let mut a = Availability::new(20, 10, 1.0);
+        a.observe(1.0);
+        // A load: slow answers, then 25 probe rounds with a light trickle of fast ones
+        // (one report every 5 rounds).
+        for i in 0..20 {
+            a.observe_report(Some(if i % 4 == 0 { 10.0 } else { 2000.0 }), 10, 0);
+        }
+        let loaded = a.score().unwrap();
+        for round in 0..25 {
+            a.observe(1.0);
+            if round % 5 == 4 {
+                a.observe_report(Some(10.0), 1, 0);
+            }
+        }
+        // Only the five fresh samples are left: the score is back to 100.
+        assert!(loaded < 10.0, "{loaded}");
         assert_eq!(a.score(), Some(100.0));
     }
 

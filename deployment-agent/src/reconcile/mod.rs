@@ -165,6 +165,8 @@ pub struct Controller {
     host_local: bool,
     /// What the scaler saw in the last round.
     scaling: crate::scaler::Observed,
+    /// CPU seconds one request costs (see [`crate::scaler::learn_cost`]).
+    cpu_cost: Option<f64>,
 }
 
 impl Controller {
@@ -210,6 +212,7 @@ impl Controller {
             host: HostLoad::new(keep_ms),
             host_local,
             scaling: crate::scaler::Observed::default(),
+            cpu_cost: None,
         }
     }
 

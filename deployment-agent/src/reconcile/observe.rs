@@ -137,19 +137,45 @@ impl Controller {
             .chain(self.scaler.last_scale_ms)
             .max()
             .unwrap_or(0);
+        // The CPU cost of a request, learnt over the panic window while the pool keeps up.
+        let recent = self.traffic.pool(now, ms(s.panic_window), since).traffic;
+        let serving = self
+            .pool
+            .values()
+            .filter(|t| t.c.is_active() && t.c.ready_ms.is_some() && !t.stopping);
+        let (mut cpu, mut busiest) = (0.0, 0.0f64);
+        for t in serving {
+            let cores = t.scorer.cpu_cores().unwrap_or(0.0);
+            cpu += cores;
+            if let Some(limit) = s.cpu_limit {
+                busiest = busiest.max(cores / limit);
+            }
+        }
+        let flow =
+            (recent.requests_per_s > 0.0).then(|| recent.started_per_s / recent.requests_per_s);
+        self.cpu_cost = scaler::learn_cost(
+            self.cpu_cost,
+            cpu,
+            recent.requests_per_s,
+            flow,
+            busiest,
+            s.tolerance,
+        );
+        let cost = self.cpu_cost;
         let window = |len| {
             let p = self.traffic.pool(now, ms(len), since);
             let t = p.traffic;
-            let stats = scaler::WindowStats {
+            scaler::WindowStats {
                 concurrency: t.in_flight,
                 backlog: (t.requests_per_s > 0.0).then(|| t.started_per_s / t.requests_per_s),
                 queue_depth: p.task_queue_depth,
                 covered_ms: p.covered_ms,
-            };
-            (stats, p.balancers)
+                started_per_s: t.started_per_s,
+                cpu_demand: cost.map(|c| c * t.started_per_s),
+            }
         };
-        let (panic, _) = window(s.panic_window);
-        let (stable, _) = window(s.stable_window);
+        let panic = window(s.panic_window);
+        let stable = window(s.stable_window);
         let balancers = self.traffic.pool(now, ms(s.stable_window), 0).balancers;
         let observed = scaler::Observed {
             panic,
