@@ -43,7 +43,9 @@
 //!   while it is fresh; the error ratio (errors / requests, itself EMA-smoothed) multiplies
 //!   the result by `1 − ratio`. Reports with no requests carry no information and are
 //!   ignored; report data older than `BEST_TIME_WINDOW` probe rounds is dropped, so a
-//!   container that gets no traffic is judged on its probes alone.
+//!   container that gets no traffic is judged on its probes alone, and a report sample
+//!   expires after `HISTORY_SIZE` probe rounds, so the slow answers of a past load do not
+//!   hold the score down while light traffic trickles in afterwards.
 //!
 //! # Overall score and category
 //! Each sub-score `sᵢ` is turned into a load `dᵢ = 100 − sᵢ`; the overall score is
