@@ -54,8 +54,9 @@ Environment (defaults in brackets):
                       agent's own CPU target with its default settings: the CPU
                       use at which the CPU alone brings a container's score to
                       HIGH_LOAD_THRESHOLD 55, (100 - 55) / 100 / 0.35^(1/4)
-  LIGHT_RATE=2        req/s during the warm-up and after the step (0 = none)
-  WARMUP=10           seconds of light load before the step
+  LIGHT_RATE=4        req/s during the warm-up and after the step (0 = none)
+  WARMUP=30           seconds of light load before the step (the agent learns the
+                      CPU cost of a request from it, as it would from everyday traffic)
   LOAD_SECONDS=90     length of the step
   SHRINK_TIMEOUT=240  seconds allowed after the end of the step for the pool to shrink back
   FIXED_TAIL=15       seconds of light load after the step in the fixed run
@@ -105,8 +106,8 @@ CONTAINER_CPUS=${CONTAINER_CPUS:-0.25}
 LOAD_FACTOR=${LOAD_FACTOR:-3}
 RATE=${RATE:-}
 MAX_UTIL=${MAX_UTIL:-0.585}
-LIGHT_RATE=${LIGHT_RATE:-2}
-WARMUP=${WARMUP:-10}
+LIGHT_RATE=${LIGHT_RATE:-4}
+WARMUP=${WARMUP:-30}
 LOAD_SECONDS=${LOAD_SECONDS:-90}
 SHRINK_TIMEOUT=${SHRINK_TIMEOUT:-240}
 FIXED_TAIL=${FIXED_TAIL:-15}

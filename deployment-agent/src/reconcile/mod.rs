@@ -167,6 +167,8 @@ pub struct Controller {
     scaling: crate::scaler::Observed,
     /// CPU seconds one request costs (see [`crate::scaler::learn_cost`]).
     cpu_cost: Option<f64>,
+    /// The serving pool's CPU use, one entry per round over the panic window.
+    cpu_history: std::collections::VecDeque<(Millis, f64)>,
 }
 
 impl Controller {
@@ -213,6 +215,7 @@ impl Controller {
             host_local,
             scaling: crate::scaler::Observed::default(),
             cpu_cost: None,
+            cpu_history: std::collections::VecDeque::new(),
         }
     }
 

@@ -143,14 +143,23 @@ impl Controller {
             .pool
             .values()
             .filter(|t| t.c.is_active() && t.c.ready_ms.is_some() && !t.stopping);
-        let (mut cpu, mut busiest) = (0.0, 0.0f64);
+        let (mut cpu_now, mut busiest) = (0.0, 0.0f64);
         for t in serving {
             let cores = t.scorer.cpu_cores().unwrap_or(0.0);
-            cpu += cores;
+            cpu_now += cores;
             if let Some(limit) = s.cpu_limit {
                 busiest = busiest.max(cores / limit);
             }
         }
+        // The pool's CPU use averaged over the same window as the completions it is divided by
+        // (one Docker sample per round is a one-second glimpse).
+        self.cpu_history.push_back((now, cpu_now));
+        let horizon = now.saturating_sub(ms(s.panic_window)).max(since);
+        while self.cpu_history.front().is_some_and(|(at, _)| *at < horizon) {
+            self.cpu_history.pop_front();
+        }
+        let cpu = self.cpu_history.iter().map(|(_, c)| c).sum::<f64>()
+            / self.cpu_history.len().max(1) as f64;
         let flow =
             (recent.requests_per_s > 0.0).then(|| recent.started_per_s / recent.requests_per_s);
         self.cpu_cost = scaler::learn_cost(
