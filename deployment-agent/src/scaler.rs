@@ -20,7 +20,7 @@
 //!   serves, and keeps a low score while it works off a backlog, so the score alone cannot
 //!   size the step. With a CPU limit (`CONTAINER_CPUS`) the **CPU demand** does: requests
 //!   sent per second × the CPU cost of one request learnt while the pool kept up
-//!   ([`learn_cost`]), against the utilisation at which the CPU alone would bring the
+//!   ([`CostMeter`]), against the utilisation at which the CPU alone would bring the
 //!   score to HIGH (`cpu_target`, 58 % with the defaults): `max(current,
 //!   ceil(demand / (CONTAINER_CPUS × cpu_target)))`. Without a limit or before a cost is
 //!   known, the **flow** (requests sent ÷ completed) does: growing backlog → at least
@@ -40,7 +40,8 @@
 //!   the **stable window** (`STABLE_WINDOW`, 60 s). Both windows start no earlier than the
 //!   last change of the pool (the newest container's readiness, the last scale action), so
 //!   figures from a smaller pool are not held against a larger one; until two seconds of
-//!   reports cover the new pool the scaler holds ("settling").
+//!   reports cover the new pool the scaler holds ("settling"). The panic window's request
+//!   rate is at least that of its newest [`NEWEST_MS`] (a spike shows there first).
 //! - **Panic**: when the panic window proposes at least `PANIC_THRESHOLD` × current (2×), the
 //!   scaler acts at once (without waiting for `SCALE_CHECK_PERIOD`) on the panic proposal, and
 //!   for one stable window afterwards it never scales down. Otherwise it decides every
@@ -99,7 +100,7 @@ pub struct WindowStats {
     /// Requests sent per second.
     pub started_per_s: f64,
     /// CPUs the requests sent would use: `started_per_s` × the learned CPU cost of one
-    /// request ([`learn_cost`]); `None` until a cost is known.
+    /// request ([`CostMeter`]); `None` until a cost is known.
     pub cpu_demand: Option<f64>,
 }
 
@@ -193,36 +194,63 @@ fn score_stats(pool: &[Container]) -> Option<(f64, f64)> {
     Some((avg, min))
 }
 
-/// Smoothing of the learned CPU cost of a request.
-const COST_ALPHA: f64 = 0.3;
+/// The panic window's request rate is at least that of its newest this many milliseconds.
+pub const NEWEST_MS: u64 = 3_000;
 
-/// The CPU seconds one request costs, learned while the pool keeps up: `cpu / completed`
-/// (CPUs used by the active containers ÷ requests completed per second), EMA-smoothed, from
-/// rounds where at least one request per second completed, requests were sent about as fast
-/// as they completed (`flow` within `1 ± tol`) and no container was above 90 % of its CPUs.
-/// Under saturation the completions say what the pool manages, not what it is asked for, so
-/// the cost learnt before the spike sizes the step: `demand = sent/s × cost`.
-pub fn learn_cost(
-    prev: Option<f64>,
-    cpu: f64,
-    completed_per_s: f64,
-    flow: Option<f64>,
-    busiest: f64,
-    tol: f64,
-) -> Option<f64> {
-    let steady = completed_per_s >= 1.0
-        && flow.is_some_and(|f| (f - 1.0).abs() <= tol)
-        && busiest < 0.9
-        && cpu.is_finite()
-        && cpu >= 0.0;
-    if !steady {
-        return prev;
+/// Requests a CPU cost must be measured over before it is used.
+pub const MIN_COST_REQUESTS: u64 = 20;
+
+/// Whether a round can teach the CPU cost of a request: at least one request per second
+/// completed, requests sent about as fast as they completed (`flow` within `1 ± tol`: no
+/// backlog either way) and no container above 90 % of its CPUs (under saturation the
+/// completions say what the pool manages, not what a request costs).
+pub fn steady(completed_per_s: f64, flow: Option<f64>, busiest: f64, tol: f64) -> bool {
+    completed_per_s >= 1.0 && flow.is_some_and(|f| (f - 1.0).abs() <= tol) && busiest < 0.9
+}
+
+/// The CPU seconds one request costs: the CPU time the serving pool used over the steady
+/// rounds of the last `keep_ms` divided by the requests completed in them (at least
+/// [`MIN_COST_REQUESTS`]); the last such figure while there are none (a long spike keeps
+/// the cost learnt before it). Ratio of sums, so that a round where the one-second CPU
+/// sample lags the reports weighs little.
+#[derive(Debug, Clone, Default)]
+pub struct CostMeter {
+    keep_ms: u64,
+    rounds: VecDeque<(Millis, f64, u64)>,
+    last: Option<f64>,
+}
+
+impl CostMeter {
+    pub fn new(keep_ms: u64) -> CostMeter {
+        CostMeter {
+            keep_ms,
+            ..CostMeter::default()
+        }
     }
-    let sample = cpu / completed_per_s;
-    Some(match prev {
-        Some(p) => COST_ALPHA * sample + (1.0 - COST_ALPHA) * p,
-        None => sample,
-    })
+
+    /// One round: `cpu_seconds` used by the serving pool, `completed` requests reported.
+    pub fn record(&mut self, now: Millis, cpu_seconds: f64, completed: u64, steady: bool) {
+        if steady && cpu_seconds.is_finite() && cpu_seconds >= 0.0 {
+            self.rounds.push_back((now, cpu_seconds, completed));
+        }
+        while self
+            .rounds
+            .front()
+            .is_some_and(|(at, ..)| now.saturating_sub(*at) > self.keep_ms)
+        {
+            self.rounds.pop_front();
+        }
+        let done: u64 = self.rounds.iter().map(|(_, _, n)| n).sum();
+        if done >= MIN_COST_REQUESTS {
+            let cpu: f64 = self.rounds.iter().map(|(_, c, _)| c).sum();
+            self.last = Some(cpu / done as f64);
+        }
+    }
+
+    /// CPU seconds per request, once measured.
+    pub fn cost(&self) -> Option<f64> {
+        self.last
+    }
 }
 
 /// Utilisation a backlogged pool is sized for by [`size_by_flow`].
@@ -734,27 +762,34 @@ mod tests {
 
     #[test]
     fn cpu_cost_is_learnt_only_while_the_pool_keeps_up() {
-        // 0.04 CPUs for 2 requests/s: 20 ms each.
-        let c = learn_cost(None, 0.04, 2.0, Some(1.0), 0.2, 0.1);
-        assert!((c.unwrap() - 0.02).abs() < 1e-12);
-        // Smoothed: 0.3 × 0.03 + 0.7 × 0.02.
-        let c2 = learn_cost(c, 0.06, 2.0, Some(1.05), 0.3, 0.1).unwrap();
-        assert!((c2 - 0.023).abs() < 1e-12);
-        // Not learnt: too little traffic, a backlog either way, a saturated container.
-        for (cpu, done, flow, busiest) in [
-            (0.5, 0.5, Some(1.0), 0.5),
-            (0.25, 12.5, Some(3.0), 0.5),
-            (0.25, 12.5, Some(0.5), 0.5),
-            (0.25, 12.5, Some(1.0), 0.95),
-            (0.25, 12.5, None, 0.5),
-            (f64::NAN, 12.5, Some(1.0), 0.5),
+        assert!(steady(2.0, Some(1.05), 0.3, 0.1));
+        for (done, flow, busiest) in [
+            (0.5, Some(1.0), 0.5),
+            (12.5, Some(3.0), 0.5),
+            (12.5, Some(0.5), 0.5),
+            (12.5, Some(1.0), 0.95),
+            (12.5, None, 0.5),
         ] {
-            assert_eq!(
-                learn_cost(c, cpu, done, flow, busiest, 0.1),
-                c,
-                "{cpu} {done} {flow:?}"
+            assert!(
+                !steady(done, flow, busiest, 0.1),
+                "{done} {flow:?} {busiest}"
             );
         }
+        let mut m = CostMeter::new(60_000);
+        // 4 req/s at 20 ms each over 2 s rounds; the first round's CPU sample lags (0).
+        m.record(0, 0.0, 8, true);
+        m.record(2_000, 0.16, 8, true);
+        assert_eq!(m.cost(), None, "16 requests are not enough");
+        m.record(4_000, 0.16, 8, true);
+        assert!((m.cost().unwrap() - 0.32 / 24.0).abs() < 1e-12);
+        for i in 3..40 {
+            m.record(i * 2_000, 0.16, 8, true);
+        }
+        // The lagging first round is out of the 60 s kept: exactly 20 ms.
+        assert!((m.cost().unwrap() - 0.02).abs() < 1e-12, "{:?}", m.cost());
+        // A long spike (no steady round) keeps the last cost.
+        m.record(200_000, 0.25, 3, false);
+        assert!((m.cost().unwrap() - 0.02).abs() < 1e-12);
     }
 
     #[test]

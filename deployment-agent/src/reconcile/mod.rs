@@ -165,10 +165,10 @@ pub struct Controller {
     host_local: bool,
     /// What the scaler saw in the last round.
     scaling: crate::scaler::Observed,
-    /// CPU seconds one request costs (see [`crate::scaler::learn_cost`]).
-    cpu_cost: Option<f64>,
-    /// The serving pool's CPU use, one entry per round over the panic window.
-    cpu_history: std::collections::VecDeque<(Millis, f64)>,
+    /// CPU seconds one request costs (see [`crate::scaler::CostMeter`]).
+    cost_meter: crate::scaler::CostMeter,
+    /// Start of the previous round (CPU time = CPUs in use × the time between rounds).
+    last_round_ms: Option<Millis>,
 }
 
 impl Controller {
@@ -214,8 +214,8 @@ impl Controller {
             host: HostLoad::new(keep_ms),
             host_local,
             scaling: crate::scaler::Observed::default(),
-            cpu_cost: None,
-            cpu_history: std::collections::VecDeque::new(),
+            cost_meter: crate::scaler::CostMeter::new(keep_ms),
+            last_round_ms: None,
         }
     }
 

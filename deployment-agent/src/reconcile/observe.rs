@@ -151,26 +151,27 @@ impl Controller {
                 busiest = busiest.max(cores / limit);
             }
         }
-        // The pool's CPU use averaged over the same window as the completions it is divided by
-        // (one Docker sample per round is a one-second glimpse).
-        self.cpu_history.push_back((now, cpu_now));
-        let horizon = now.saturating_sub(ms(s.panic_window)).max(since);
-        while self.cpu_history.front().is_some_and(|(at, _)| *at < horizon) {
-            self.cpu_history.pop_front();
-        }
-        let cpu = self.cpu_history.iter().map(|(_, c)| c).sum::<f64>()
-            / self.cpu_history.len().max(1) as f64;
+        // The CPU cost of a request: CPU time over completed requests, in rounds where the
+        // pool keeps up.
+        let secs = self
+            .last_round_ms
+            .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);
+        self.last_round_ms = Some(now);
+        let completed: u64 = reports
+            .iter()
+            .flat_map(|p| &p.report.backends)
+            .map(|b| b.requests)
+            .sum();
         let flow =
             (recent.requests_per_s > 0.0).then(|| recent.started_per_s / recent.requests_per_s);
-        self.cpu_cost = scaler::learn_cost(
-            self.cpu_cost,
-            cpu,
-            recent.requests_per_s,
-            flow,
-            busiest,
-            s.tolerance,
+        let steady = scaler::steady(recent.requests_per_s, flow, busiest, s.tolerance);
+        self.cost_meter
+            .record(now, cpu_now * secs, completed, steady);
+        debug!(
+            "cpu cost: pool {cpu_now:.3} CPUs over {secs:.1} s, {completed} completed, steady {steady}, cost {:?}",
+            self.cost_meter.cost()
         );
-        let cost = self.cpu_cost;
+        let cost = self.cost_meter.cost();
         let window = |len| {
             let p = self.traffic.pool(now, ms(len), since);
             let t = p.traffic;
@@ -183,7 +184,19 @@ impl Controller {
                 cpu_demand: cost.map(|c| c * t.started_per_s),
             }
         };
-        let panic = window(s.panic_window);
+        let mut panic = window(s.panic_window);
+        // A spike shows first in the newest reports: the panic window's demand is that of its
+        // last few seconds when they ask for more (a window half before the step would size
+        // the first step for half the load).
+        let newest = self
+            .traffic
+            .pool(now, scaler::NEWEST_MS.min(ms(s.panic_window)), since)
+            .traffic
+            .started_per_s;
+        if newest > panic.started_per_s {
+            panic.started_per_s = newest;
+            panic.cpu_demand = cost.map(|c| c * newest);
+        }
         let stable = window(s.stable_window);
         let balancers = self.traffic.pool(now, ms(s.stable_window), 0).balancers;
         let observed = scaler::Observed {
