@@ -48,7 +48,9 @@
 //!   `SCALE_CHECK_PERIOD` on the stable proposal.
 //! - **Up**: at most `max(current + SCALE_STEP, ceil(current × SCALE_UP_RATE))`; not while
 //!   a container is INIT (capacity is still arriving: its effect is not visible yet), not
-//!   within `COOLDOWN_PERIOD` of the last action, never above `MAX_CONTAINERS`, and **not when
+//!   within `COOLDOWN_PERIOD` of the last action — except in panic for a step sized from
+//!   observed demand (CPU demand, concurrency, queue), which counts the starting containers
+//!   already, so a spike seen first at a third of its height is followed up at once —, never above `MAX_CONTAINERS`, and **not when
 //!   the host is saturated** (its CPUs `HOST_SATURATION` busy or more over the panic window:
 //!   more containers would only slice the same CPUs thinner; the state is reported instead).
 //! - **Down**: to the largest stable proposal of the last `SCALE_DOWN_STABILIZATION` (the HPA's
@@ -132,6 +134,9 @@ pub struct Proposal {
     pub observed: f64,
     pub target: f64,
     pub why: String,
+    /// Sized from observed demand (CPU demand, concurrency, queue depth), which counts the
+    /// containers still starting: in panic it needs neither wait for them nor the cooldown.
+    pub from_demand: bool,
 }
 
 /// The outcome of one [`decide`] call.
@@ -294,6 +299,7 @@ pub fn proposals(
     if let Some((avg, min)) = score_stats(pool) {
         let load = 100.0 - avg;
         let flow = w.backlog.filter(|b| b.is_finite() && *b >= 0.0);
+        let mut from_demand = false;
         let (desired, target, why) = if avg < cfg.high_threshold {
             let target = 100.0 - cfg.high_threshold;
             let by_score = proportional(current, load, target, 0.0).max(current + 1);
@@ -304,6 +310,7 @@ pub fn proposals(
                 .map(|((limit, u), demand)| (demand, limit, u));
             let (want, how) = match by_demand {
                 Some((demand, limit, u)) => {
+                    from_demand = true;
                     let need = (demand / (limit * u) - 1e-9).ceil().max(1.0) as usize;
                     (
                         need.max(current),
@@ -356,6 +363,7 @@ pub fn proposals(
             observed: round2(load),
             target,
             why,
+            from_demand,
         });
     }
     if let (Some(target), true) = (cfg.target_concurrency, w.covered_ms > 0) {
@@ -375,6 +383,7 @@ pub fn proposals(
                 "concurrency {:.1} / target {target} per container",
                 w.concurrency
             ),
+            from_demand: true,
         });
     }
     if let (Some(target), Some(depth)) = (cfg.target_queue, w.queue_depth) {
@@ -385,6 +394,7 @@ pub fn proposals(
             observed: round2(depth),
             target,
             why: format!("task queue depth {depth:.0} / target {target} per container"),
+            from_demand: true,
         });
     }
     out
@@ -489,7 +499,10 @@ pub fn decide(
     };
 
     if bounded > current {
-        if starting > 0 {
+        // In panic a demand-sized step counts the starting containers (they are in
+        // `current`) and goes on without waiting for them or for the cooldown.
+        let urgent = in_panic && best.from_demand;
+        if starting > 0 && !urgent {
             return Decision::hold(format!(
                 "{why}, waiting for {starting} starting container(s)"
             ));
@@ -500,7 +513,7 @@ pub fn decide(
                 host_busy.unwrap_or(1.0) * 100.0
             ));
         }
-        if let Some(s) = cooling {
+        if let Some(s) = cooling.filter(|_| !urgent) {
             return Decision::hold(format!("{why}, cooling down ({s} of {cooldown_ms} ms)"));
         }
         let rate_cap = (current + cfg.step).max((current as f64 * cfg.up_rate).ceil() as usize);
@@ -934,29 +947,40 @@ mod tests {
             true,
         );
         assert_eq!(to(&d, 2), Some(10), "{d:?}");
-        // Cooldown since the last action.
+        // Cooldown since the last action (a score-sized step; no traffic seen).
+        let busy = pool(&[20.0, 20.0]);
         let mut st = ScalerState {
             last_scale_ms: Some(0),
             ..ScalerState::default()
         };
-        let d = decide(&p, 2, &c, &mut st, &seen(100.0, None, None), 4_000, true);
+        let d = decide(&busy, 2, &cfg(), &mut st, &quiet(), 4_000, true);
         assert!(
             hold_reason(&d).contains("cooling down (4000 of 5000 ms)"),
             "{d:?}"
         );
-        // A starting container: capacity is arriving.
-        let mut q = p.clone();
+        // A starting container: capacity is arriving, and the score cannot see it yet.
+        let mut q = busy.clone();
         q.push(container("z", Category::Init, None, 9));
         let d = decide(
             &q,
             3,
-            &c,
+            &cfg(),
             &mut ScalerState::default(),
-            &seen(100.0, None, None),
+            &quiet(),
             0,
             true,
         );
         assert!(hold_reason(&d).contains("waiting for 1 starting"), "{d:?}");
+        // A demand-sized step in panic counts the starting container (it is in `current`)
+        // and goes on, cooldown or not.
+        let mut q = p.clone();
+        q.push(container("z", Category::Init, None, 9));
+        let mut st = ScalerState {
+            last_scale_ms: Some(0),
+            ..ScalerState::default()
+        };
+        let d = decide(&q, 3, &c, &mut st, &seen(100.0, None, None), 1_000, false);
+        assert_eq!(to(&d, 3), Some(6), "{d:?}");
     }
 
     #[test]
