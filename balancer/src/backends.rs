@@ -56,7 +56,7 @@ impl BackendStats {
         let counts = self.interval_latency.take();
         BackendReport {
             id: id.to_string(),
-            started: self.interval_started.swap(0, Ordering::Relaxed),
+            started: Some(self.interval_started.swap(0, Ordering::Relaxed)),
             requests: self.interval_requests.swap(0, Ordering::Relaxed),
             errors: self.interval_errors.swap(0, Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),

@@ -112,7 +112,8 @@ impl Traffic {
                 .push_back(Sample {
                     at_ms,
                     balancer,
-                    started: b.started.max(b.requests),
+                    // Older balancers do not say: as many as completed.
+                    started: b.started.unwrap_or(b.requests),
                     requests: b.requests,
                     errors: b.errors.min(b.requests),
                     in_flight: b.in_flight,
@@ -242,7 +243,7 @@ mod tests {
     fn backend(id: &str, requests: u64, in_flight: u64, p50: f64) -> BackendReport {
         BackendReport {
             id: id.into(),
-            started: requests,
+            started: Some(requests),
             requests,
             errors: 0,
             in_flight,
@@ -334,12 +335,27 @@ mod tests {
     fn backlog_shows_as_started_above_completed() {
         let mut t = Traffic::new(60_000);
         let mut b = backend("a", 25, 40, 900.0);
-        b.started = 75;
+        b.started = Some(75);
         b.errors = 99; // more errors than requests is clamped
         t.record(1000, 1, &report("x", vec![b], None));
         let o = t.container("a", 1000, 6000, 0).unwrap();
         assert!(close(o.started_per_s / o.requests_per_s, 3.0), "{o:?}");
         assert!(close(o.errors_per_s, 25.0), "{o:?}");
+    }
+
+    #[test]
+    fn a_backlog_worked_off_shows_as_fewer_started_than_completed() {
+        let mut t = Traffic::new(60_000);
+        let mut b = backend("a", 75, 0, 900.0);
+        b.started = Some(25);
+        t.record(1000, 1, &report("x", vec![b.clone()], None));
+        let o = t.container("a", 1000, 6000, 0).unwrap();
+        assert!(close(o.started_per_s, 25.0), "{o:?}");
+        // An older balancer that does not send `started`: taken as the completions.
+        b.started = None;
+        t.record(2000, 1, &report("x", vec![b], None));
+        let o = t.container("a", 2000, 1000, 0).unwrap();
+        assert!(close(o.started_per_s, 75.0), "{o:?}");
     }
 
     #[test]

@@ -99,10 +99,9 @@ pub struct BackendReport {
     /// The backend's [`QueueItem::id`].
     pub id: String,
     /// Requests sent to it during the interval (attempts started). Above `requests` while a
-    /// backlog builds up; older balancers do not send it (read as 0 = unknown, taken as
-    /// `requests`).
-    #[serde(default)]
-    pub started: u64,
+    /// backlog builds up, below while one is worked off; absent from older balancers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<u64>,
     /// Requests completed (response headers received or failed) during the interval.
     pub requests: u64,
     /// Of those, transport failures, timeouts and 5xx answers.
@@ -216,7 +215,7 @@ mod tests {
                 queue_version: 7,
                 backends: vec![BackendReport {
                     id: "id".into(),
-                    started: 12,
+                    started: Some(12),
                     requests: 10,
                     errors: 1,
                     in_flight: 2,

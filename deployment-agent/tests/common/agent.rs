@@ -505,7 +505,7 @@ impl Traffic {
                                 BackendReport {
                                     in_flight: v.in_flight.get(&id).copied().unwrap_or(0),
                                     requests: i.map_or(0, |i| i.requests),
-                                    started: i.map_or(0, |i| i.started),
+                                    started: Some(i.map_or(0, |i| i.started)),
                                     errors: i.map_or(0, |i| i.errors),
                                     latency_p50_ms: pct(0.5),
                                     latency_p99_ms: pct(0.99),
