@@ -167,8 +167,8 @@ pub struct Controller {
     scaling: crate::scaler::Observed,
     /// CPU seconds one request costs (see [`crate::scaler::CostMeter`]).
     cost_meter: crate::scaler::CostMeter,
-    /// Start of the previous round (CPU time = CPUs in use × the time between rounds).
-    last_round_ms: Option<Millis>,
+    /// Each serving container's cumulative CPU counter at the previous round.
+    cpu_ns: HashMap<String, u64>,
 }
 
 impl Controller {
@@ -215,7 +215,7 @@ impl Controller {
             host_local,
             scaling: crate::scaler::Observed::default(),
             cost_meter: crate::scaler::CostMeter::new(keep_ms),
-            last_round_ms: None,
+            cpu_ns: HashMap::new(),
         }
     }
 

@@ -143,20 +143,26 @@ impl Controller {
             .pool
             .values()
             .filter(|t| t.c.is_active() && t.c.ready_ms.is_some() && !t.stopping);
-        let (mut cpu_now, mut busiest) = (0.0, 0.0f64);
+        // CPU time the serving pool used since the last round, from Docker's cumulative
+        // counters (exact, unlike a one-second rate sample), and the busiest container.
+        let (mut cpu_seconds, mut busiest) = (0.0, 0.0f64);
+        let mut seen = HashMap::new();
         for t in serving {
             let cores = t.scorer.cpu_cores().unwrap_or(0.0);
-            cpu_now += cores;
             if let Some(limit) = s.cpu_limit {
                 busiest = busiest.max(cores / limit);
             }
+            if let Some(sample) = *t.stats.borrow() {
+                let total = sample.cpu_total_ns;
+                if let Some(prev) = self.cpu_ns.get(&t.c.id) {
+                    cpu_seconds += total.saturating_sub(*prev) as f64 / 1e9;
+                }
+                seen.insert(t.c.id.clone(), total);
+            }
         }
+        self.cpu_ns = seen;
         // The CPU cost of a request: CPU time over completed requests, in rounds where the
         // pool keeps up.
-        let secs = self
-            .last_round_ms
-            .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);
-        self.last_round_ms = Some(now);
         let completed: u64 = reports
             .iter()
             .flat_map(|p| &p.report.backends)
@@ -165,10 +171,9 @@ impl Controller {
         let flow =
             (recent.requests_per_s > 0.0).then(|| recent.started_per_s / recent.requests_per_s);
         let steady = scaler::steady(recent.requests_per_s, flow, busiest, s.tolerance);
-        self.cost_meter
-            .record(now, cpu_now * secs, completed, steady);
+        self.cost_meter.record(now, cpu_seconds, completed, steady);
         debug!(
-            "cpu cost: pool {cpu_now:.3} CPUs over {secs:.1} s, {completed} completed, steady {steady}, cost {:?}",
+            "cpu cost: pool used {cpu_seconds:.3} CPU-s, {completed} completed, steady {steady}, cost {:?}",
             self.cost_meter.cost()
         );
         let cost = self.cost_meter.cost();
