@@ -321,6 +321,10 @@ pub fn proposals(
                         ),
                     )
                 }
+                None if w.covered_ms > 0 && w.started_per_s == 0.0 => (
+                    current,
+                    ", but the balancers sent it no request in the window (a past load)".into(),
+                ),
                 None => size_by_flow(current, by_score, flow, cfg.tolerance),
             };
             (
@@ -677,6 +681,8 @@ mod tests {
             backlog,
             queue_depth: depth,
             covered_ms: 6_000,
+            // Some requests sent (without completions figures the flow is unknown).
+            started_per_s: 10.0,
             ..WindowStats::default()
         };
         Observed {
@@ -765,6 +771,7 @@ mod tests {
             let w = WindowStats {
                 backlog: *backlog,
                 covered_ms: 6000,
+                started_per_s: 10.0,
                 ..WindowStats::default()
             };
             let props = proposals(&p, scores.len(), &c, &w);
@@ -836,6 +843,21 @@ mod tests {
         // Without a limit (or before a cost is learnt) the flow decides.
         let props = proposals(&pool(&[20.0]), 1, &cfg(), &w(37.5));
         assert_eq!(props[0].desired, 8, "ceil(6.3 / 0.8): {props:?}");
+    }
+
+    #[test]
+    fn low_scores_without_requests_do_not_grow_the_pool() {
+        // The balancers report, but nothing was sent: the low scores are a past load's.
+        let w = WindowStats {
+            covered_ms: 6000,
+            ..WindowStats::default()
+        };
+        let props = proposals(&pool(&[30.0, 30.0]), 2, &cfg(), &w);
+        assert_eq!(props[0].desired, 2, "{props:?}");
+        assert!(props[0].why.contains("no request"), "{props:?}");
+        // No balancer at all (nothing covered): the score alone decides.
+        let props = proposals(&pool(&[30.0, 30.0]), 2, &cfg(), &WindowStats::default());
+        assert_eq!(props[0].desired, 4, "{props:?}");
     }
 
     #[test]
