@@ -45,7 +45,8 @@
 //! - **Panic**: when the panic window proposes at least `PANIC_THRESHOLD` × current (2×), the
 //!   scaler acts at once (without waiting for `SCALE_CHECK_PERIOD`) on the panic proposal, and
 //!   for one stable window afterwards it never scales down. Otherwise it decides every
-//!   `SCALE_CHECK_PERIOD` on the stable proposal.
+//!   `SCALE_CHECK_PERIOD` on the stable proposal — growing no further than the panic window
+//!   also asks (a load that ended seconds ago stays in the stable window for a minute).
 //! - **Up**: at most `max(current + SCALE_STEP, ceil(current × SCALE_UP_RATE))`; not while
 //!   a container is INIT (capacity is still arriving: its effect is not visible yet), not
 //!   within `COOLDOWN_PERIOD` of the last action — except in panic for a step sized from
@@ -468,6 +469,14 @@ pub fn decide(
     }
     let (best, props, window) = if in_panic && panic_best.desired >= stable_best.desired {
         (panic_best, &panic_props, "panic")
+    } else if stable_best.desired > current && panic_best.desired < stable_best.desired {
+        // Growth must still be wanted now: a load that ended seconds ago stays in the stable
+        // window for a minute, and the recent window says what is left of it.
+        (
+            panic_best,
+            &panic_props,
+            "panic (the stable window asks more)",
+        )
     } else {
         (stable_best, &stable_props, "stable")
     };
@@ -843,6 +852,39 @@ mod tests {
         // Without a limit (or before a cost is learnt) the flow decides.
         let props = proposals(&pool(&[20.0]), 1, &cfg(), &w(37.5));
         assert_eq!(props[0].desired, 8, "ceil(6.3 / 0.8): {props:?}");
+    }
+
+    #[test]
+    fn a_load_that_has_ended_does_not_grow_the_pool() {
+        let c = ScalingConfig {
+            target_concurrency: Some(2.0),
+            ..cfg()
+        };
+        // The stable window still holds the load (8 in flight), the recent one has none.
+        let mut obs = seen(8.0, None, None);
+        obs.panic.concurrency = 0.0;
+        let d = decide(
+            &pool(&[60.0, 60.0]),
+            2,
+            &c,
+            &mut ScalerState::default(),
+            &obs,
+            0,
+            true,
+        );
+        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
+        // Both windows busy: it grows.
+        obs.panic.concurrency = 8.0;
+        let d = decide(
+            &pool(&[60.0, 60.0]),
+            2,
+            &c,
+            &mut ScalerState::default(),
+            &obs,
+            0,
+            true,
+        );
+        assert_eq!(to(&d, 2), Some(4), "{d:?}");
     }
 
     #[test]
