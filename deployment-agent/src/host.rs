@@ -84,6 +84,16 @@ impl HostLoad {
         self.samples.back().map(|(_, b)| *b)
     }
 
+    /// Highest busy fraction of the readings in `(now − window_ms, now]`.
+    pub fn max(&self, now: Millis, window_ms: u64) -> Option<f64> {
+        let from = now.saturating_sub(window_ms);
+        self.samples
+            .iter()
+            .filter(|(at, _)| *at > from)
+            .map(|(_, b)| *b)
+            .reduce(f64::max)
+    }
+
     /// Mean busy fraction of the readings in `(now − window_ms, now]`.
     pub fn mean(&self, now: Millis, window_ms: u64) -> Option<f64> {
         let from = now.saturating_sub(window_ms);
@@ -145,6 +155,8 @@ mod tests {
         assert_eq!(h.latest(), Some(0.9));
         assert!((h.mean(6_000, 4_000).unwrap() - 0.95).abs() < 1e-9);
         assert!((h.mean(6_000, 60_000).unwrap() - 0.8).abs() < 1e-9);
+        assert_eq!(h.max(6_000, 60_000), Some(1.0));
+        assert_eq!(h.max(6_000, 1_000), Some(0.9));
         h.record(30_000, t(500, 800)); // 0.1, and the rest falls out of the 10 s kept
         assert_eq!(h.mean(30_000, 60_000), Some(0.1));
     }

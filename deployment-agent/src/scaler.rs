@@ -52,7 +52,8 @@
 //!   within `COOLDOWN_PERIOD` of the last action — except in panic for a step sized from
 //!   observed demand (CPU demand, concurrency, queue), which counts the starting containers
 //!   already, so a spike seen first at a third of its height is followed up at once —, never above `MAX_CONTAINERS`, and **not when
-//!   the host is saturated** (its CPUs `HOST_SATURATION` busy or more over the panic window:
+//!   the host is saturated** (its CPUs `HOST_SATURATION` busy or more on average over the
+//!   panic window, and then until no reading of a panic window reaches it:
 //!   more containers would only slice the same CPUs thinner; the state is reported instead).
 //! - **Down**: to the largest stable proposal of the last `SCALE_DOWN_STABILIZATION` (the HPA's
 //!   stabilisation: one busy moment in the window keeps the pool), once proposals have been
@@ -114,6 +115,10 @@ pub struct Observed {
     pub stable: WindowStats,
     /// Mean busy fraction of the host's CPUs over the panic window; `None` when unknown.
     pub host_busy: Option<f64>,
+    /// The highest reading of the panic window: a saturated host stays so until every
+    /// reading of a panic window is below the threshold (by then the window's traffic no
+    /// longer holds the load that saturated it).
+    pub host_busy_max: Option<f64>,
     /// Balancers that reported during the stable window.
     pub balancers: usize,
 }
@@ -429,8 +434,10 @@ pub fn decide(
     let starting = pool.iter().filter(|c| c.category == Category::Init).count();
     let current = active.max(1);
     let host_busy = obs.host_busy.filter(|b| b.is_finite());
-    state.host_saturated =
-        cfg.host_saturation < 1.0 && host_busy.is_some_and(|b| b >= cfg.host_saturation);
+    let was_saturated = state.host_saturated;
+    state.host_saturated = cfg.host_saturation < 1.0
+        && (host_busy.is_some_and(|b| b >= cfg.host_saturation)
+            || (was_saturated && obs.host_busy_max.is_some_and(|b| b >= cfg.host_saturation)));
 
     if obs.balancers > 0 && obs.panic.covered_ms < SETTLE_MS.min(ms(cfg.panic_window)) {
         return Decision::hold(format!(
@@ -698,6 +705,7 @@ mod tests {
             panic: w,
             stable: w,
             host_busy: Some(0.5),
+            host_busy_max: Some(0.5),
             balancers: 1,
         }
     }
@@ -1061,6 +1069,19 @@ mod tests {
         let d = decide(&p, 2, &cfg(), &mut st, &obs, 0, true);
         assert!(to(&d, 2).is_some_and(|n| n > 2), "{d:?}");
         assert!(!st.host_saturated);
+        // Once saturated, it stays so while any reading of the panic window is.
+        obs.host_busy = Some(0.7);
+        obs.host_busy_max = Some(0.99);
+        let mut st = ScalerState {
+            host_saturated: true,
+            ..ScalerState::default()
+        };
+        let d = decide(&p, 2, &cfg(), &mut st, &obs, 0, true);
+        assert!(hold_reason(&d).contains("host is saturated"), "{d:?}");
+        let mut st = ScalerState::default();
+        let d = decide(&p, 2, &cfg(), &mut st, &obs, 0, true);
+        assert!(to(&d, 2).is_some(), "not entered on one reading: {d:?}");
+        obs.host_busy_max = None;
         // HOST_SATURATION 1 turns it off; an unknown host load never blocks.
         let off = ScalingConfig {
             host_saturation: 1.0,

@@ -208,6 +208,7 @@ impl Controller {
             panic,
             stable,
             host_busy: self.host.mean(now, ms(s.panic_window)),
+            host_busy_max: self.host.max(now, ms(s.panic_window)),
             balancers,
         };
         self.scaling = observed;
