@@ -137,7 +137,7 @@ impl Controller {
             .chain(self.scaler.last_scale_ms)
             .max()
             .unwrap_or(0);
-        // The CPU cost of a request, learnt over the panic window while the pool keeps up.
+        // The panic window's traffic says whether the pool keeps up (see below).
         let recent = self.traffic.pool(now, ms(s.panic_window), since).traffic;
         let serving = self
             .pool
