@@ -155,6 +155,10 @@ pub fn decide(state: &PoolState, obs: &Observation, cfg: &Config, docker_ok: boo
             json!({ "asked": asked, "desired": clamped, "was": plan.desired }),
         );
         plan.desired = clamped;
+        // The asked size holds for a whole stabilisation window unless load asks for more:
+        // proposals recorded before it do not count toward a scale-down.
+        plan.scaler.recommendations.clear();
+        plan.scaler.recording_since_ms = None;
     }
 
     // Measured between round starts, with half a round of slack, so that jitter in how long
@@ -657,8 +661,18 @@ mod tests {
         let listed: Vec<Observed> = pool.iter().map(running).collect();
         let mut o = obs(Some(listed.clone()));
         o.set_desired = Some(9);
-        let plan = decide(&state(pool.clone(), 2), &o, &cfg(), true);
+        let mut st = state(pool.clone(), 2);
+        st.scaler.recording_since_ms = Some(T0 - 120_000);
+        st.scaler.recommendations.push_back((T0 - 1_000, 2));
+        let plan = decide(&st, &o, &cfg(), true);
         assert_eq!(plan.desired, 4, "clamped to MAX_CONTAINERS");
+        // Older proposals no longer count toward a scale-down: a new window starts.
+        assert!(
+            plan.scaler.recording_since_ms.is_none_or(|t| t >= T0),
+            "{:?}",
+            plan.scaler
+        );
+        assert!(plan.scaler.recommendations.iter().all(|(at, _)| *at >= T0));
         assert_eq!(
             plan.actions,
             [Action::Create(vec!["app-1".into(), "app-2".into()])]
