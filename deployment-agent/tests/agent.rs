@@ -849,7 +849,13 @@ async fn redis_restart_is_survived_and_state_resaved() {
     let Some(mut w) = World::new().await else {
         return;
     };
-    let env = w.env.clone().set("DEFAULT_CONTAINER", 2);
+    // The pool grown by POST /scale must stay as asked for the whole test (under CI's load it
+    // can outlast a one-minute stabilisation window, after which the idle pool may shrink).
+    let env = w
+        .env
+        .clone()
+        .set("DEFAULT_CONTAINER", 2)
+        .set("SCALE_DOWN_STABILIZATION", "10m");
     let agent = Agent::start(&env).await;
     let http = agent.http();
     let rows = wait_scored_pool(&http, 2, Duration::from_secs(60)).await;
