@@ -454,8 +454,12 @@ pub fn decide(
         return Decision::hold("no scored container and no traffic signal yet");
     };
 
-    // Stabilisation of scale-down: remember the stable proposals.
+    // Stabilisation of scale-down: remember the stable proposals. The window restarts while
+    // a container is starting: the pool is changing, so it is not yet the pool judged.
     let window_ms = ms(cfg.scale_down_window);
+    if starting > 0 {
+        state.recording_since_ms = None;
+    }
     state.recording_since_ms.get_or_insert(now);
     state.recommendations.push_back((now, stable_best.desired));
     while state
@@ -1163,6 +1167,32 @@ mod tests {
             let d = decide(&small, 2, &c, &mut st, &quiet(), t, true);
             assert!(matches!(d, Decision::Hold { .. }), "{t}: {d:?}");
         }
+    }
+
+    #[test]
+    fn the_down_window_restarts_while_a_container_starts() {
+        let c = ScalingConfig {
+            scale_down_window: Duration::from_secs(3),
+            ..cfg()
+        };
+        let mut st = ScalerState {
+            recording_since_ms: Some(0),
+            ..ScalerState::default()
+        };
+        let mut q = pool(&[98.0, 98.0]);
+        q.push(container("z", Category::Init, None, 9));
+        let d = decide(&q, 3, &c, &mut st, &quiet(), 10_000, true);
+        assert!(matches!(d, Decision::Hold { .. }), "{d:?}");
+        assert_eq!(st.recording_since_ms, Some(10_000));
+        // Scored now: the idle pool of 3 shrinks only a whole window later.
+        let idle = pool(&[98.0, 98.0, 98.0]);
+        let d = decide(&idle, 3, &c, &mut st, &quiet(), 11_000, true);
+        assert!(
+            hold_reason(&d).contains("recorded for 1000 of 3000"),
+            "{d:?}"
+        );
+        let d = decide(&idle, 3, &c, &mut st, &quiet(), 13_000, true);
+        assert!(to(&d, 3).is_some_and(|n| n < 3), "{d:?}");
     }
 
     #[test]
