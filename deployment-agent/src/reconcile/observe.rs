@@ -145,10 +145,11 @@ impl Controller {
             .filter(|t| t.c.is_active() && t.c.ready_ms.is_some() && !t.stopping);
         // CPU time the serving pool used since the last round, from Docker's cumulative
         // counters (exact, unlike a one-second rate sample), and the busiest container.
-        let (mut cpu_seconds, mut busiest) = (0.0, 0.0f64);
+        let (mut cpu_seconds, mut busiest, mut cores_now) = (0.0, 0.0f64, 0.0);
         let mut seen = HashMap::new();
         for t in serving {
             let cores = t.scorer.cpu_cores().unwrap_or(0.0);
+            cores_now += cores;
             if let Some(limit) = s.cpu_limit {
                 busiest = busiest.max(cores / limit);
             }
@@ -186,7 +187,9 @@ impl Controller {
                 queue_depth: p.task_queue_depth,
                 covered_ms: p.covered_ms,
                 started_per_s: t.started_per_s,
-                cpu_demand: cost.map(|c| c * t.started_per_s),
+                // What the pool uses now is a floor: a cost learnt on another mix of
+                // requests must not size a saturated pool below what it burns.
+                cpu_demand: cost.map(|c| (c * t.started_per_s).max(cores_now)),
             }
         };
         let mut panic = window(s.panic_window);
@@ -200,7 +203,7 @@ impl Controller {
             .started_per_s;
         if newest > panic.started_per_s {
             panic.started_per_s = newest;
-            panic.cpu_demand = cost.map(|c| c * newest);
+            panic.cpu_demand = cost.map(|c| (c * newest).max(cores_now));
         }
         let stable = window(s.stable_window);
         let balancers = self.traffic.pool(now, ms(s.stable_window), 0).balancers;
