@@ -138,7 +138,8 @@ impl Controller {
             .max()
             .unwrap_or(0);
         // The panic window's traffic says whether the pool keeps up (see below).
-        let recent = self.traffic.pool(now, ms(s.panic_window), since).traffic;
+        let panic_pool = self.traffic.pool(now, ms(s.panic_window), since);
+        let recent = panic_pool.traffic;
         let serving = self
             .pool
             .values()
@@ -178,8 +179,7 @@ impl Controller {
             self.cost_meter.cost()
         );
         let cost = self.cost_meter.cost();
-        let window = |len| {
-            let p = self.traffic.pool(now, ms(len), since);
+        let stats = |p: crate::traffic::PoolObserved| {
             let t = p.traffic;
             scaler::WindowStats {
                 concurrency: t.in_flight,
@@ -192,7 +192,7 @@ impl Controller {
                 cpu_demand: cost.map(|c| (c * t.started_per_s).max(cores_now)),
             }
         };
-        let mut panic = window(s.panic_window);
+        let mut panic = stats(panic_pool);
         // A spike shows first in the newest reports: the panic window's demand is that of its
         // last few seconds when they ask for more (a window half before the step would size
         // the first step for half the load).
@@ -205,7 +205,7 @@ impl Controller {
             panic.started_per_s = newest;
             panic.cpu_demand = cost.map(|c| (c * newest).max(cores_now));
         }
-        let stable = window(s.stable_window);
+        let stable = stats(self.traffic.pool(now, ms(s.stable_window), since));
         let balancers = self.traffic.pool(now, ms(s.stable_window), 0).balancers;
         let observed = scaler::Observed {
             panic,
