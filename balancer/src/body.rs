@@ -1,24 +1,24 @@
 //! The response body on its way to the client: the upstream's body (streamed) or a buffered
 //! one (cache hits, error answers, task results); a streamed one keeps the backend's in-flight
-//! count up and its connection leased until the last byte is sent (see [`crate::guard`]).
+//! count up until the last byte is sent, and its connection (driven by polling the body, see
+//! [`crate::upstream`]) leased until then.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::backends::InFlight;
+use crate::upstream::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-
-use crate::guard::UpstreamGuard;
 
 /// A response body on its way to the client.
 pub enum ResponseBody {
     Full(Option<Bytes>),
     Upstream {
-        body: Incoming,
-        /// The backend's in-flight count and the upstream connection, released when the
-        /// body ends or the client goes away.
-        guard: Option<UpstreamGuard>,
+        body: UpstreamBody,
+        /// The backend's in-flight count, released when the body ends or the client goes
+        /// away.
+        in_flight: Option<InFlight>,
     },
 }
 
@@ -43,10 +43,10 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match &mut *self {
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Upstream { body, guard } => {
+            ResponseBody::Upstream { body, in_flight } => {
                 let r = Pin::new(body).poll_frame(cx);
                 if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-                    guard.take();
+                    in_flight.take();
                 }
                 r
             }

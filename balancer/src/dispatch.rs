@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri};
-use hyper::body::Incoming;
 use log::debug;
 
 use crate::backends::{Backend, Backends, InFlight, Outcome};
@@ -19,12 +18,13 @@ use crate::budget::RetryBudget;
 use crate::headers::{accepts_trailers, add_forwarded, strip_hop_by_hop};
 use crate::metrics::Metrics;
 use crate::request_body::{is_body_too_large, RequestBody};
-use crate::upstream::{Lease, UpstreamError};
+use crate::upstream::{Unsent, UpstreamBody, UpstreamError};
 
 /// At most this many backends are tried for one request (first try + retries).
 pub const MAX_ATTEMPTS: usize = 3;
 
-/// The request-independent part of an upstream request, reused across attempts.
+/// The head of an upstream request.
+#[derive(Clone)]
 pub struct Outgoing {
     pub method: Method,
     pub path: PathAndQuery,
@@ -34,9 +34,9 @@ pub struct Outgoing {
 impl Outgoing {
     /// The upstream request head for a client's request: hop-by-hop fields removed (the
     /// upgrade ones kept when `upgrade`), `Host` kept (taken from `:authority` on HTTP/2),
-    /// `X-Forwarded-*` added.
-    pub fn from_client<B>(req: &Request<B>, client: SocketAddr, upgrade: bool) -> Outgoing {
-        let mut headers = req.headers().clone();
+    /// `X-Forwarded-*` added. The header map is moved out of `req`, not copied.
+    pub fn from_client<B>(req: &mut Request<B>, client: SocketAddr, upgrade: bool) -> Outgoing {
+        let mut headers = std::mem::take(req.headers_mut());
         if !headers.contains_key(header::HOST) {
             // HTTP/2 carries the host in :authority.
             if let Some(v) = req
@@ -64,13 +64,21 @@ impl Outgoing {
             headers,
         }
     }
+
+    /// The request to send, in origin form (`Host` travels in the headers).
+    fn into_request(self, body: RequestBody) -> Request<RequestBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = Uri::from(self.path);
+        *req.headers_mut() = self.headers;
+        req
+    }
 }
 
 /// A response head from a backend; the body is still to be read.
 pub struct Sent {
-    pub resp: Response<Incoming>,
-    /// The connection, back to its pool when dropped after the body ended.
-    pub lease: Lease,
+    /// Its body drives the connection, which goes back to its pool once the body ended.
+    pub resp: Response<UpstreamBody>,
     /// Keeps the backend's in-flight count up until dropped.
     pub in_flight: InFlight,
     pub backend: Arc<Backend>,
@@ -122,34 +130,27 @@ impl Dispatcher {
         self.budget.deposit();
     }
 
-    /// Sends `out` with `body`; after a connect failure (nothing sent) asks `again` for the
-    /// body of the next attempt (`None`: it cannot be sent again) and tries another backend.
-    /// `timeout` bounds each attempt up to the response head.
+    /// Sends `out` with `body`. A connect failure (nothing sent) is retried on another
+    /// backend with the same, unread request. `timeout` bounds each attempt up to the
+    /// response head.
     pub async fn send(
         &self,
-        out: &Outgoing,
+        out: Outgoing,
         body: RequestBody,
-        mut again: impl FnMut() -> Option<RequestBody>,
         timeout: Duration,
     ) -> Result<Sent, SendError> {
         let table = self.backends.load();
-        let mut body = Some(body);
+        let mut req = out.into_request(body);
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error = None;
         loop {
-            let picked = self.backends.pick(&table, &mut rand::rng(), &tried);
-            let (Some(idx), Some(req_body)) = (picked, body.take()) else {
+            let Some(idx) = self.backends.pick(&table, &mut rand::rng(), &tried) else {
                 return Err(match last_error {
                     Some((backend, error)) => SendError::Failed { backend, error },
                     None => SendError::NoBackend,
                 });
             };
             let backend = table.backends[idx].clone();
-            // Origin-form request target; `Host` travels in the headers.
-            let mut req = Request::new(req_body);
-            *req.method_mut() = out.method.clone();
-            *req.uri_mut() = Uri::from(out.path.clone());
-            *req.headers_mut() = out.headers.clone();
             let in_flight = InFlight::start(backend.clone());
             let sent = Instant::now();
             let result = tokio::time::timeout(
@@ -161,26 +162,27 @@ impl Dispatcher {
             .await;
             let elapsed = sent.elapsed();
             match result {
-                Ok(Ok((resp, lease))) => {
+                Ok(Ok(resp)) => {
                     let status = resp.status().as_u16();
                     self.backends
                         .record(&backend, Outcome::Response(status), elapsed);
                     return Ok(Sent {
                         resp,
-                        lease,
                         in_flight,
                         backend,
                     });
                 }
-                Ok(Err(e)) if is_body_too_large(&e) => return Err(SendError::BodyTooLarge),
-                Ok(Err(error)) => {
-                    self.backends.record(&backend, Outcome::Failure, elapsed);
-                    if !error.is_connect() || tried.len() + 1 >= MAX_ATTEMPTS {
-                        return Err(SendError::Failed { backend, error });
+                Ok(Err(Unsent { error, request })) => {
+                    if is_body_too_large(&error) {
+                        return Err(SendError::BodyTooLarge);
                     }
-                    let Some(next) = again() else {
+                    self.backends.record(&backend, Outcome::Failure, elapsed);
+                    let Some(request) = request else {
                         return Err(SendError::Failed { backend, error });
                     };
+                    if tried.len() + 1 >= MAX_ATTEMPTS {
+                        return Err(SendError::Failed { backend, error });
+                    }
                     if !self.budget.try_withdraw() {
                         self.metrics.retries_refused.fetch_add(1, Ordering::Relaxed);
                         return Err(SendError::Failed { backend, error });
@@ -191,7 +193,7 @@ impl Dispatcher {
                     );
                     self.metrics.retries.fetch_add(1, Ordering::Relaxed);
                     tried.push(idx);
-                    body = Some(next);
+                    req = request;
                     last_error = Some((backend, error));
                 }
                 Err(_) => {

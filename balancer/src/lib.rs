@@ -9,11 +9,11 @@
 //! - [`dispatch`]: one request to a backend (pick, send, connect retry), for proxy and tasks.
 //! - [`tasks`]: task submissions (`Prefer: respond-async`, `/_tasks`), stored in Redis, run
 //!   by workers on every balancer.
-//! - [`upstream`]: per-backend keep-alive HTTP/1.1 connection pools.
+//! - [`upstream`]: per-backend keep-alive HTTP/1.1 connection pools, each connection driven
+//!   by the task that uses it; its response body returns it to the pool.
 //! - [`request_body`], [`body`], [`headers`]: streamed request bodies with limits, response
-//!   bodies, header rewriting; [`guard`]: what a streamed response body releases when it
-//!   ends (in-flight count, upstream connection). No import cycle among these, `upstream`
-//!   and `backends`.
+//!   bodies (a streamed one holds the backend's in-flight count until it ends), header
+//!   rewriting.
 //! - [`cache`]: caching policy (pure) and the moka store.
 //! - [`server`]: accept loops, connection limits, idle timeout, graceful shutdown.
 //! - [`admin`], [`metrics`], [`histogram`]: `/health`, `/metrics`, `/queue`.
@@ -28,7 +28,6 @@ pub mod cache;
 pub mod config;
 pub mod dispatch;
 pub mod error;
-pub mod guard;
 pub mod headers;
 pub mod histogram;
 pub mod metrics;

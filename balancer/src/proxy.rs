@@ -28,12 +28,11 @@ use crate::cache::{Cache, Fetched, X_CACHE};
 use crate::config::Config;
 use crate::dispatch::{error_chain, Dispatcher, Outgoing, SendError};
 use crate::error::ProxyError;
-use crate::guard::UpstreamGuard;
 use crate::headers::{is_upgrade, strip_hop_by_hop};
 use crate::metrics::{Metrics, Source};
 use crate::request_body::RequestBody;
 use crate::tasks::Tasks;
-use crate::upstream::Lease;
+use crate::upstream::UpstreamBody;
 
 pub struct Proxy {
     dispatch: Arc<Dispatcher>,
@@ -113,16 +112,16 @@ impl Proxy {
         }
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
         let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let out = Outgoing::from_client(&req, client, upgrade);
+        let out = Outgoing::from_client(&mut req, client, upgrade);
         let (parts, body) = req.into_parts();
-        let (body, slot) = RequestBody::new(body, self.max_body_bytes);
+        let body = RequestBody::new(body, self.max_body_bytes);
 
         let key = match (&self.cache, upgrade, body.is_end_stream_hint()) {
             (Some(cache), false, true) => cache.policy.key(&out.method, &parts.uri, &out.headers),
             _ => None,
         };
         let (Some(cache), Some(key)) = (&self.cache, key) else {
-            return self.forward(out, body, slot, on_client_upgrade).await;
+            return self.forward(out, body, on_client_upgrade).await;
         };
         // Boxed: the cache path's future is large and rare; keep the common one small.
         Box::pin(self.through_cache(cache, key, out, body)).await
@@ -141,18 +140,14 @@ impl Proxy {
                 cache.hits.fetch_add(1, Ordering::Relaxed);
                 return (entry.to_response(true, "HIT"), Source::Cache);
             }
-            let (mut resp, source) = self.forward(out, body, None, None).await;
+            let (mut resp, source) = self.forward(out, body, None).await;
             resp.headers_mut()
                 .insert(X_CACHE.clone(), HeaderValue::from_static("MISS"));
             return (resp, source);
         }
-        let retry = Outgoing {
-            method: out.method.clone(),
-            path: out.path.clone(),
-            headers: out.headers.clone(),
-        };
+        let retry = out.clone();
         let fetch = async {
-            let (mut resp, _) = self.forward(out, body, None, None).await;
+            let (mut resp, _) = self.forward(out, body, None).await;
             resp.headers_mut()
                 .insert(X_CACHE.clone(), HeaderValue::from_static("MISS"));
             resp
@@ -161,8 +156,7 @@ impl Proxy {
             Fetched::Hit(resp) => (resp, Source::Cache),
             Fetched::Stored(resp) | Fetched::Passed(resp) => (resp, Source::Backend),
             Fetched::GoUpstream => {
-                let (mut resp, source) =
-                    self.forward(retry, RequestBody::empty(), None, None).await;
+                let (mut resp, source) = self.forward(retry, RequestBody::empty(), None).await;
                 resp.headers_mut()
                     .insert(X_CACHE.clone(), HeaderValue::from_static("MISS"));
                 (resp, source)
@@ -175,21 +169,13 @@ impl Proxy {
         &self,
         out: Outgoing,
         body: RequestBody,
-        slot: Option<crate::request_body::Slot>,
         on_client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> (Response<ResponseBody>, Source) {
-        let hint = body.hint();
-        let again = || match &slot {
-            None => Some(RequestBody::empty()),
-            Some(s) => RequestBody::reclaim(s, hint, self.max_body_bytes),
-        };
-        let err = match self
-            .dispatch
-            .send(&out, body, again, self.request_timeout)
-            .await
-        {
+        // Kept for the log line of a failure; the head itself moves into the request.
+        let (method, path) = (out.method.clone(), out.path.clone());
+        let err = match self.dispatch.send(out, body, self.request_timeout).await {
             Ok(sent) => {
-                let resp = self.respond(sent.resp, sent.in_flight, sent.lease, on_client_upgrade);
+                let resp = self.respond(sent.resp, sent.in_flight, on_client_upgrade);
                 return (resp, Source::Backend);
             }
             Err(SendError::NoBackend) => ProxyError::NoBackend,
@@ -197,8 +183,8 @@ impl Proxy {
             Err(SendError::Failed { backend, error }) => {
                 warn!(
                     "{} {} via {} ({}) failed: {}",
-                    out.method,
-                    out.path,
+                    method,
+                    path,
                     backend.name,
                     backend.address,
                     error_chain(&error)
@@ -208,7 +194,7 @@ impl Proxy {
             Err(SendError::TimedOut { backend }) => {
                 warn!(
                     "{} {} via {} ({}) timed out after {:?}",
-                    out.method, out.path, backend.name, backend.address, self.request_timeout
+                    method, path, backend.name, backend.address, self.request_timeout
                 );
                 ProxyError::UpstreamTimeout
             }
@@ -219,16 +205,16 @@ impl Proxy {
     /// Turns the upstream response into the client's; tunnels a protocol switch.
     fn respond(
         &self,
-        mut resp: Response<Incoming>,
+        mut resp: Response<UpstreamBody>,
         in_flight: InFlight,
-        lease: Lease,
         on_client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<ResponseBody> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_side) = on_client_upgrade {
                 let upstream_side = hyper::upgrade::on(&mut resp);
                 self.spawn_tunnel(client_side, upstream_side, in_flight);
-                let (mut parts, _) = resp.into_parts();
+                let (mut parts, body) = resp.into_parts();
+                body.detach();
                 strip_hop_by_hop(&mut parts.headers, true);
                 return Response::from_parts(parts, ResponseBody::empty());
             }
@@ -239,7 +225,7 @@ impl Proxy {
             parts,
             ResponseBody::Upstream {
                 body,
-                guard: Some(UpstreamGuard::new(in_flight, lease)),
+                in_flight: Some(in_flight),
             },
         )
     }

@@ -1,10 +1,9 @@
 //! The request body on its way upstream: streamed, with the size limit enforced on the
-//! fly. Until the upstream connection polls it, the body stays *reclaimable*: after a
-//! connect failure (nothing sent) it is handed to the next attempt. A body held in memory
-//! (a stored task's) is sent in one frame.
+//! fly. After a connect failure (nothing sent) the whole request, body unread, goes to the
+//! next attempt (see [`crate::upstream::Unsent`]). A body held in memory (a stored task's)
+//! is sent in one frame.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -20,9 +19,6 @@ pub struct BodyTooLarge {
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Where a not-yet-read request body waits, so a failed connect can hand it on.
-pub type Slot = Arc<Mutex<Option<Incoming>>>;
-
 /// A request body on its way upstream.
 pub struct RequestBody {
     kind: RequestKind,
@@ -35,27 +31,21 @@ enum RequestKind {
     Empty,
     /// A body held in memory (a stored task's), sent in one frame.
     Full(Option<Bytes>),
-    /// Not polled yet: the body still sits in the shared slot.
-    Parked(Slot),
     Streaming(Incoming),
 }
 
 impl RequestBody {
-    /// Wraps the client's body. Returns the body and, when it is not empty, the slot it
-    /// can be reclaimed from with [`RequestBody::reclaim`].
-    pub fn new(body: Incoming, limit: u64) -> (RequestBody, Option<Slot>) {
-        let hint = body.size_hint();
+    /// Wraps the client's body, cut at `limit` bytes.
+    pub fn new(body: Incoming, limit: u64) -> RequestBody {
         if body.is_end_stream() {
-            return (RequestBody::empty(), None);
+            return RequestBody::empty();
         }
-        let slot: Slot = Arc::new(Mutex::new(Some(body)));
-        let rb = RequestBody {
-            kind: RequestKind::Parked(slot.clone()),
-            hint,
+        RequestBody {
+            hint: body.size_hint(),
+            kind: RequestKind::Streaming(body),
             limit,
             seen: 0,
-        };
-        (rb, Some(slot))
+        }
     }
 
     pub fn empty() -> RequestBody {
@@ -77,21 +67,6 @@ impl RequestBody {
             seen: 0,
         }
     }
-
-    /// A fresh body over the same slot, if the previous attempt never started reading it.
-    pub fn reclaim(slot: &Slot, hint: SizeHint, limit: u64) -> Option<RequestBody> {
-        let parked = slot.lock().ok()?.is_some();
-        parked.then(|| RequestBody {
-            kind: RequestKind::Parked(slot.clone()),
-            hint,
-            limit,
-            seen: 0,
-        })
-    }
-
-    pub fn hint(&self) -> SizeHint {
-        self.hint
-    }
 }
 
 impl Body for RequestBody {
@@ -105,13 +80,6 @@ impl Body for RequestBody {
         let this = &mut *self;
         if let RequestKind::Full(b) = &mut this.kind {
             return Poll::Ready(b.take().map(|b| Ok(Frame::data(b))));
-        }
-        if let RequestKind::Parked(slot) = &this.kind {
-            let taken = slot.lock().ok().and_then(|mut s| s.take());
-            match taken {
-                Some(body) => this.kind = RequestKind::Streaming(body),
-                None => return Poll::Ready(Some(Err("request body already consumed".into()))),
-            }
         }
         let RequestKind::Streaming(body) = &mut this.kind else {
             return Poll::Ready(None);
@@ -137,7 +105,6 @@ impl Body for RequestBody {
         match &self.kind {
             RequestKind::Empty => true,
             RequestKind::Full(b) => b.is_none(),
-            RequestKind::Parked(_) => false,
             RequestKind::Streaming(b) => b.is_end_stream(),
         }
     }

@@ -253,12 +253,12 @@ impl Tasks {
     /// `Prefer: respond-async` on an ordinary request.
     async fn submit_request(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         client: SocketAddr,
     ) -> Result<Response<ResponseBody>, ApiError> {
         self.store()?;
         let prefer = model::parse_prefer(req.headers().get_all("prefer").iter());
-        let out = Outgoing::from_client(&req, client, false);
+        let out = Outgoing::from_client(&mut req, client, false);
         let mut headers = out.headers;
         let delay = headers
             .get(&X_TASK_DELAY)

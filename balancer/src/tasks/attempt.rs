@@ -378,10 +378,9 @@ impl Tasks {
     async fn exchange(&self, out: &Outgoing, body: Bytes, timeout: Duration) -> Exchange {
         let limit = usize::try_from(self.cfg.max_result_bytes).unwrap_or(usize::MAX);
         let run = async {
-            let again = || Some(RequestBody::full(body.clone()));
             let sent = match self
                 .dispatch
-                .send(out, RequestBody::full(body.clone()), again, timeout)
+                .send(out.clone(), RequestBody::full(body.clone()), timeout)
                 .await
             {
                 Ok(sent) => sent,
@@ -426,8 +425,8 @@ impl Tasks {
                     }
                 }
             }
-            // The body ended: the connection goes back to the pool, the in-flight count drops.
-            drop((sent.lease, sent.in_flight));
+            // The body ended (its connection went back to the pool): the in-flight count drops.
+            drop((incoming, sent.in_flight));
             Exchange::Response {
                 status: parts.status.as_u16(),
                 headers: parts.headers,

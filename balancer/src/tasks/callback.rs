@@ -83,13 +83,13 @@ impl Tasks {
             }
             let outcome = tokio::time::timeout(TIMEOUT, pool.send(&addr, TIMEOUT, req)).await;
             let why = match outcome {
-                Ok(Ok((resp, _lease))) if resp.status().is_success() => {
+                Ok(Ok(resp)) if resp.status().is_success() => {
                     debug!("task {id}: callback to {url} delivered ({})", resp.status());
                     self.metrics.callbacks_sent.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                Ok(Ok((resp, _))) => format!("answered {}", resp.status()),
-                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(resp)) => format!("answered {}", resp.status()),
+                Ok(Err(e)) => e.error.to_string(),
                 Err(_) => format!("no answer within {TIMEOUT:?}"),
             };
             if attempt == ATTEMPTS {
