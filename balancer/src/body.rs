@@ -1,7 +1,7 @@
 //! The response body on its way to the client: the upstream's body (streamed) or a buffered
 //! one (cache hits, error answers, task results); a streamed one keeps the backend's in-flight
-//! count up until the last byte is sent, and its connection (driven by polling the body, see
-//! [`crate::upstream`]) leased until then.
+//! count up until the last byte is sent, and its connection leased until then (see
+//! [`crate::upstream::UpstreamBody`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -9,15 +9,16 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Fields that are always connection-specific (RFC 9110 §7.6.1, plus the proxy
 /// credentials of RFC 9110 §11.7, which are meant for this proxy only). `Trailer` is not
-/// one of them: it announces the trailer fields and must reach the recipient.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "transfer-encoding",
+/// one of them: it announces the trailer fields and must reach the recipient. Names, not
+/// strings: removing by `&str` parses the name again on every request.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
 ];
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -56,21 +57,27 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// Removes hop-by-hop fields. With `keep_upgrade`, `Upgrade` and `Connection: upgrade`
 /// survive so a protocol switch can be tunnelled.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in named {
+    // Most messages carry none: one pass over the names, no lookups.
+    let any = headers
+        .keys()
+        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k));
+    if any {
+        if headers.contains_key(header::CONNECTION) {
+            let named: Vec<HeaderName> = connection_tokens(headers)
+                .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
+        }
+        for name in &HOP_BY_HOP {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if any {
         headers.remove(header::UPGRADE);
     }
 }
@@ -82,7 +89,8 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&Head
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
         _ => client.to_string(),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    // From the `String` itself: no second copy.
+    if let Ok(v) = HeaderValue::try_from(xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
@@ -131,6 +139,20 @@ pub(crate) mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["host", "x-custom"]);
+    }
+
+    #[test]
+    fn leaves_end_to_end_fields_alone_and_drops_a_lone_upgrade() {
+        let mut h = map(&[("host", "a"), ("accept", "*/*"), ("x-custom", "1")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+        let mut h = map(&[("host", "a"), ("Upgrade", "h2c")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key("upgrade"));
+        let mut h = map(&[("Keep-Alive", "timeout=5"), ("host", "a")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! - [`dispatch`]: one request to a backend (pick, send, connect retry), for proxy and tasks.
 //! - [`tasks`]: task submissions (`Prefer: respond-async`, `/_tasks`), stored in Redis, run
 //!   by workers on every balancer.
-//! - [`upstream`]: per-backend keep-alive HTTP/1.1 connection pools, each connection driven
-//!   by the task that uses it; its response body returns it to the pool.
+//! - [`upstream`]: per-backend keep-alive HTTP/1.1 connection pools; a response body returns
+//!   its connection to the pool when it ends.
 //! - [`request_body`], [`body`], [`headers`]: streamed request bodies with limits, response
 //!   bodies (a streamed one holds the backend's in-flight count until it ends), header
 //!   rewriting.

@@ -84,7 +84,11 @@ impl Proxy {
         let start = Instant::now();
         self.dispatch.deposit();
         let (resp, source) = match &self.tasks {
-            Some(tasks) if tasks.claims(&req) => (tasks.handle(req, client).await, Source::Local),
+            // Boxed, like the cache path: the task API's future is large, and a future's
+            // size is copied whenever hyper stores or spawns it.
+            Some(tasks) if tasks.claims(&req) => {
+                (Box::pin(tasks.handle(req, client)).await, Source::Local)
+            }
             _ => self.route(req, client).await,
         };
         self.metrics
@@ -213,8 +217,7 @@ impl Proxy {
             if let Some(client_side) = on_client_upgrade {
                 let upstream_side = hyper::upgrade::on(&mut resp);
                 self.spawn_tunnel(client_side, upstream_side, in_flight);
-                let (mut parts, body) = resp.into_parts();
-                body.detach();
+                let (mut parts, _) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers, true);
                 return Response::from_parts(parts, ResponseBody::empty());
             }

@@ -1,22 +1,23 @@
-//! Keep-alive HTTP/1.1 connections to one backend, driven by the task that uses them.
+//! Keep-alive HTTP/1.1 connections to one backend.
 //!
-//! Each backend owns a [`ConnPool`]: a short LIFO stack of idle connections behind a mutex
-//! held only to push or pop. A connection is a [`Link`]: hyper's `SendRequest` and the future
-//! that moves the connection's bytes. No task of its own polls that future: whoever holds the
-//! link does, so the request is written, the response head read and its body streamed inside
-//! the client connection's task, with no hand-off between tasks (the scheduling and wake-ups
-//! of a second task per exchange were a large share of the proxy's CPU per request).
+//! Each backend owns a [`ConnPool`]: a short LIFO stack of idle `hyper::client::conn::http1`
+//! senders behind a mutex held only to push or pop. A request takes the most recently used
+//! connection (or opens one). The sender travels with the response body ([`UpstreamBody`])
+//! and goes back to the pool when the body has been read to the end, so no task is spawned
+//! per request to watch for the connection becoming idle again; a body abandoned half-way
+//! closes its connection. Each connection's bytes are moved by a task of its own (one per
+//! connection, not per request).
 //!
-//! A request takes the most recently used connection (or opens one); the link travels with
-//! the response body ([`UpstreamBody`]) and goes back to the pool when the body has been read
-//! to the end. A body abandoned half-way closes its connection. An idle connection is polled
-//! again when it is next taken, which is when a close by the backend is noticed.
+//! Driving the connection inside the client connection's task instead was measured and
+//! rejected: hyper's client still hands requests and responses to its dispatcher over
+//! channels, and every wake-up then re-polled the whole server-side future: +4,400
+//! instructions per request (callgrind) and about 10 % fewer requests/s (see
+//! `artefacts/bench-proxy-notes.md`).
 //!
 //! A request that hyper hands back unsent (the pooled connection was found closed before the
 //! request was written) is sent again on a new connection: nothing reached the backend, so this
 //! is safe for every method.
 
-use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -61,51 +62,11 @@ pub struct Unsent {
     pub request: Option<Request<RequestBody>>,
 }
 
-/// The future that reads and writes one connection's socket (hyper's dispatcher).
-type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
-
-/// One keep-alive connection: the request sender and the connection's driver, polled by
-/// whoever holds the link.
-struct Link {
-    sender: http1::SendRequest<RequestBody>,
-    /// `None` once the connection has closed.
-    driver: Option<Driver>,
-}
-
-impl Link {
-    /// Moves the connection's bytes as far as they go without blocking. False once the
-    /// connection has closed.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Some(driver) = self.driver.as_mut() {
-            if let Poll::Ready(r) = driver.as_mut().poll(cx) {
-                if let Err(e) = r {
-                    debug!("upstream connection ended: {e}");
-                }
-                self.driver = None;
-            }
-        }
-        self.driver.is_some()
-    }
-
-    /// Leaves the connection to a task of its own (after a protocol switch, hyper hands the
-    /// socket over only when the driver completes).
-    fn detach(mut self) {
-        if let Some(driver) = self.driver.take() {
-            tokio::spawn(async move {
-                if let Err(e) = driver.await {
-                    debug!("upstream connection ended: {e}");
-                }
-            });
-        }
-    }
-
-    fn is_reusable(&self) -> bool {
-        self.driver.is_some() && !self.sender.is_closed()
-    }
-}
+/// One keep-alive connection's request sender.
+type Sender = http1::SendRequest<RequestBody>;
 
 struct Idle {
-    link: Link,
+    sender: Sender,
     since: Instant,
 }
 
@@ -123,35 +84,30 @@ impl ConnPool {
     }
 
     /// The most recently used live connection, ready for a request.
-    async fn checkout(&self) -> Option<Link> {
+    async fn checkout(&self) -> Option<Sender> {
         loop {
-            let Idle { mut link, since } = self.lock().pop()?;
+            let Idle { mut sender, since } = self.lock().pop()?;
             if since.elapsed() > IDLE_EXPIRY {
                 continue;
             }
-            // Usually ready at once; right after a response the driver needs one turn to
-            // settle, and a backend's close is noticed here.
-            let ready = poll_fn(|cx| {
-                if !link.drive(cx) {
-                    return Poll::Ready(false);
-                }
-                link.sender.poll_ready(cx).map(|r| r.is_ok())
-            })
-            .await;
-            if ready {
-                return Some(link);
+            if sender.is_closed() {
+                continue;
+            }
+            // Usually ready at once; right after a response it may take one dispatcher turn.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
             }
         }
     }
 
-    fn put(&self, link: Link) {
-        if !link.is_reusable() {
+    fn put(&self, sender: Sender) {
+        if sender.is_closed() {
             return;
         }
         let mut idle = self.lock();
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
-                link,
+                sender,
                 since: Instant::now(),
             });
         }
@@ -167,12 +123,12 @@ impl ConnPool {
         let mut req = req;
         let mut fresh = false;
         loop {
-            let mut link = match self.checkout().await {
+            let mut sender = match self.checkout().await {
                 Some(l) => l,
                 None => {
                     fresh = true;
                     match connect(address, connect_timeout).await {
-                        Ok(link) => link,
+                        Ok(sender) => sender,
                         Err(error) => {
                             return Err(Unsent {
                                 error,
@@ -182,19 +138,12 @@ impl ConnPool {
                     }
                 }
             };
-            let mut pending = std::pin::pin!(link.sender.try_send_request(req));
-            // The driver writes the request and reads the response head in this task.
-            let result = poll_fn(|cx| {
-                link.drive(cx);
-                pending.as_mut().poll(cx)
-            })
-            .await;
-            match result {
+            match sender.try_send_request(req).await {
                 Ok(resp) => {
                     let pool = Arc::clone(self);
                     return Ok(resp.map(|body| UpstreamBody {
                         body,
-                        link: Some(link),
+                        sender: Some(sender),
                         pool,
                         failed: None,
                     }));
@@ -217,30 +166,21 @@ impl ConnPool {
     }
 }
 
-/// A response body from a backend. Polling it drives the connection it arrives on; the
-/// connection goes back to its pool once the body has been read to the end, and is closed
-/// if the body is dropped before that (hyper would close it too: the rest of the body
-/// would still be on the wire).
+/// A response body from a backend. Its connection goes back to the pool once the body has
+/// been read to the end, and is closed if the body is dropped before that (the rest of the
+/// body would still be on the wire).
 pub struct UpstreamBody {
     body: Incoming,
-    link: Option<Link>,
+    sender: Option<Sender>,
     pool: Arc<ConnPool>,
     /// A failure held back for one turn (see [`UpstreamBody::poll_frame`]).
     failed: Option<hyper::Error>,
 }
 
 impl UpstreamBody {
-    /// Hands the connection to a task of its own; used after `101 Switching Protocols`,
-    /// where the upgraded socket is only released once the driver completes.
-    pub fn detach(mut self) {
-        if let Some(link) = self.link.take() {
-            link.detach();
-        }
-    }
-
     fn release(&mut self) {
-        if let Some(link) = self.link.take() {
-            self.pool.put(link);
+        if let Some(sender) = self.sender.take() {
+            self.pool.put(sender);
         }
     }
 }
@@ -257,20 +197,17 @@ impl Body for UpstreamBody {
         if let Some(e) = this.failed.take() {
             return Poll::Ready(Some(Err(e)));
         }
-        if let Some(link) = this.link.as_mut() {
-            link.drive(cx);
-        }
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(None) => {
                 this.release();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                // The head and the bytes read before the backend failed often arrive in the
-                // same turn as the failure. Failing at once would make hyper drop them
-                // unflushed (the client would see a bare close); yielding once lets them
-                // reach the client first.
-                this.link = None;
+                // The head and the bytes read before the backend failed may arrive in the
+                // same turn as the failure. Failing at once would make hyper's server drop
+                // them unflushed (the client would see a bare close); yielding once lets
+                // them reach the client first.
+                this.sender = None;
                 this.failed = Some(e);
                 cx.waker().wake_by_ref();
                 Poll::Pending
@@ -297,7 +234,7 @@ impl Drop for UpstreamBody {
     }
 }
 
-async fn connect(address: &str, timeout: Duration) -> Result<Link, UpstreamError> {
+async fn connect(address: &str, timeout: Duration) -> Result<Sender, UpstreamError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => {
@@ -321,8 +258,12 @@ async fn connect(address: &str, timeout: Duration) -> Result<Link, UpstreamError
             address: address.to_string(),
             source: std::io::Error::other(source),
         })?;
-    Ok(Link {
-        sender,
-        driver: Some(Box::pin(conn.with_upgrades())),
-    })
+    // One task per connection (not per request); it ends when the connection closes, which
+    // happens once the pool drops the sender or the backend hangs up.
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!("upstream connection ended: {e}");
+        }
+    });
+    Ok(sender)
 }
