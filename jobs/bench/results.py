@@ -6,15 +6,20 @@ Sub-commands (standard library only, except the optional PNG plot):
   free-ports N          print N distinct free TCP ports on 127.0.0.1
   parse-wrk FILE        parse `wrk --latency` output; print one line:
                         "rps p50_ms p99_ms requests socket_errors non2xx"
+  parse-h2load OUT LOG  parse h2load's output and its --log-file (per-request
+                        lines: start µs, status, duration µs); print the same
+                        line as parse-wrk, p50/p99 computed exactly from LOG
   report --csv RAW --meta META --md OUT.md [--png OUT.png]
                         aggregate the raw per-run CSV (median over rounds)
                         and write the Markdown report and the plot
 
-The raw CSV has one row per measured wrk run (see RAW_FIELDS).
+The raw CSV has one row per measured run (see RAW_FIELDS); `mode` and
+`streams` are optional on input (older CSVs: mode h1, 1 stream).
 """
 
 import argparse
 import csv
+import math
 import os
 import re
 import socket
@@ -22,13 +27,23 @@ import statistics
 import sys
 
 RAW_FIELDS = [
-    "round", "conns", "target", "order_pos", "attempt", "duration_s", "requests",
+    "mode", "round", "conns", "streams", "target", "order_pos", "attempt", "duration_s", "requests",
     "rps", "p50_ms", "p99_ms", "socket_errors", "non2xx", "cpu_ticks",
     "cpu_us_per_req", "peak_rss_kib", "other_cpu_pct", "status",
 ]
 
-# Preferred display order; unknown targets go after these.
+# Columns that older CSVs (before modes existed) lack, with their implied value.
+OPTIONAL_FIELDS = {"mode": "h1", "streams": "1"}
+
+# Preferred display order; unknown targets / modes go after these.
 TARGET_ORDER = ["direct", "nginx", "haproxy", "balancer"]
+MODE_ORDER = ["h1", "h2c", "cores2"]
+MODE_TITLES = {
+    "h1": "HTTP/1.1, proxy on 1 pinned core",
+    "h2c": "h2c (HTTP/2 prior knowledge), proxy on 1 pinned core",
+    "cores2": "HTTP/1.1, proxy with 2 workers on 2 shared cores",
+}
+OTHERS = ("nginx", "haproxy")  # "best other" = the better of these
 
 UNIT_TO_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
 
@@ -100,6 +115,71 @@ def parse_wrk(path):
 
 
 # --------------------------------------------------------------------------
+# h2load output
+
+def parse_h2load_text(text):
+    out = {}
+    m = re.search(r"^finished in [0-9.]+\w*, ([0-9.]+) req/s", text, re.M)
+    if not m:
+        raise ValueError("no 'finished in T, N req/s' line in h2load output")
+    out["rps"] = float(m.group(1))
+    m = re.search(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored", text, re.M)
+    if not m:
+        raise ValueError("no 'requests: ... succeeded, ... failed, ... errored' line in h2load output")
+    total, started, done, succeeded, failed, errored = (int(x) for x in m.groups())
+    out.update(total=total, started=started, done=done, succeeded=succeeded,
+               failed=failed, errored=errored)
+    return out
+
+
+def nearest_rank(sorted_vals, pct):
+    """Exact percentile, nearest-rank definition: the smallest value with at
+    least pct% of the samples at or below it."""
+    k = max(1, math.ceil(pct / 100.0 * len(sorted_vals)))
+    return sorted_vals[k - 1]
+
+
+def read_h2load_log(path):
+    """Durations (µs) of the requests that got a response (status != -1)."""
+    durs = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            parts = line.split("\t")
+            if len(parts) < 3:
+                continue
+            try:
+                status, dur = int(parts[1]), int(parts[2])
+            except ValueError:
+                continue
+            if status > 0:
+                durs.append(dur)
+    return durs
+
+
+def parse_h2load(out_path, log_path):
+    with open(out_path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    try:
+        r = parse_h2load_text(text)
+    except ValueError as e:
+        die(f"{out_path}: {e}")
+    try:
+        durs = read_h2load_log(log_path)
+    except OSError as e:
+        die(f"{log_path}: {e}")
+    if not durs:
+        die(f"{log_path}: no completed request in the h2load log")
+    durs.sort()
+    p50 = nearest_rank(durs, 50) / 1000.0
+    p99 = nearest_rank(durs, 99) / 1000.0
+    # failed = every stream without a 2xx/3xx status, errored = the streams
+    # that got no response at all (reset, connection closed, timeout).
+    non2xx = max(0, r["failed"] - r["errored"])
+    print(f"{r['rps']:.2f} {p50:.4f} {p99:.4f} {r['done']} {r['errored']} {non2xx}")
+
+
+# --------------------------------------------------------------------------
 # report
 
 def read_meta(path):
@@ -125,24 +205,25 @@ def keep_last_attempts(rows):
     """A disturbed run may have been repeated; only the last attempt counts."""
     last = {}
     for r in rows:
-        key = (r["round"], r["conns"], r["target"])
+        key = (r["mode"], r["round"], r["conns"], r["target"])
         if key not in last or int(r["attempt"] or 1) >= int(last[key]["attempt"] or 1):
             last[key] = r
     return list(last.values())
 
 
 def aggregate(rows):
-    """Median over rounds per (target, conns). Returns dict keyed by that."""
+    """Median over rounds per (mode, target, conns). Returns dict keyed by that."""
     rows = keep_last_attempts(rows)
-    # VmHWM is a lifetime peak: one value per target, the max over its runs.
+    # VmHWM is a lifetime peak: one value per (mode, target), the max over its runs.
     peak = {}
     for r in rows:
         v = fnum(r["peak_rss_kib"])
         if v is not None:
-            peak[r["target"]] = max(peak.get(r["target"], 0.0), v)
+            k = (r["mode"], r["target"])
+            peak[k] = max(peak.get(k, 0.0), v)
     groups = {}
     for r in rows:
-        groups.setdefault((r["target"], int(r["conns"])), []).append(r)
+        groups.setdefault((r["mode"], r["target"], int(r["conns"])), []).append(r)
     agg = {}
     for key, rs in groups.items():
         ok = [r for r in rs if r["status"] == "ok"]
@@ -155,15 +236,17 @@ def aggregate(rows):
         other = [fnum(r["other_cpu_pct"]) for r in ok]
         other = [v for v in other if v is not None]
         errors = sum(int(r["socket_errors"] or 0) + int(r["non2xx"] or 0) for r in ok)
+        streams = sorted({int(r["streams"] or 1) for r in rs})
         agg[key] = {
             "runs": len(rs),
             "ok_runs": len(ok),
             "statuses": sorted({r["status"] for r in rs if r["status"] != "ok"}),
+            "streams": streams[-1] if streams else 1,
             "rps": med("rps"),
             "p50_ms": med("p50_ms"),
             "p99_ms": med("p99_ms"),
             "cpu_us_per_req": med("cpu_us_per_req"),
-            "peak_rss_mib": (peak[key[0]] / 1024.0) if key[0] in peak else None,
+            "peak_rss_mib": (peak[key[:2]] / 1024.0) if key[:2] in peak else None,
             "other_max": max(other) if other else None,
             "errors": errors,
             "requests": sum(int(r["requests"] or 0) for r in ok),
@@ -172,39 +255,80 @@ def aggregate(rows):
     return agg
 
 
+def ordered(names, order):
+    known = [t for t in order if t in names]
+    return known + sorted(n for n in names if n not in order)
+
+
 def targets_sorted(names):
-    known = [t for t in TARGET_ORDER if t in names]
-    return known + sorted(n for n in names if n not in TARGET_ORDER)
+    return ordered(names, TARGET_ORDER)
+
+
+def modes_sorted(names):
+    return ordered(names, MODE_ORDER)
 
 
 def fmt(v, spec, none="n/a"):
     return none if v is None else format(v, spec)
 
 
-def write_md(agg, meta, md_path, png_name):
-    targets = targets_sorted({t for t, _ in agg})
-    conns = sorted({c for _, c in agg})
-    metad = dict(meta)
-    lines = []
-    lines.append("# RustyBalancer proxy benchmark")
-    lines.append("")
-    lines.append(f"Generated by `jobs/bench-proxy.sh` on {metad.get('date', '?')}.")
-    lines.append("")
-    lines.append("Median over rounds; errors = socket errors + non-2xx/3xx responses summed "
-                 "over all rounds; peak RSS = the proxy's lifetime VmHWM after all its runs "
-                 "(same for every conns row); ratios are against nginx "
-                 "at the same connection count (req/s: higher is better, p99: lower is better). "
-                 "RSS and CPU are not applicable to `direct` (no proxy). "
-                 "\"other load\" = worst CPU share (of all CPUs) taken by processes that are not "
-                 "part of the benchmark during a kept run; above ~10% treat the row as noisy.")
-    lines.append("")
+def conns_label(c, streams):
+    return f"{c}x{streams}" if streams and streams > 1 else f"{c}"
+
+
+def best_other(agg, mode, c, field, higher_better):
+    """(value, target) of the better of nginx and HAProxy for field, or None."""
+    cands = []
+    for t in OTHERS:
+        a = agg.get((mode, t, c))
+        if a and a[field] is not None:
+            cands.append((a[field], t))
+    if not cands:
+        return None
+    return max(cands) if higher_better else min(cands)
+
+
+RATIO_FIELDS = (
+    # field, label, higher is better, value format, unit
+    ("rps", "req/s", True, ",.0f", "req/s"),
+    ("p99_ms", "p99", False, ".3f", "ms"),
+    ("cpu_us_per_req", "CPU µs/request", False, ".2f", "µs/req"),
+)
+
+
+def balancer_ratios(agg, mode, c):
+    """[(label, ratio or None, best target, best value, fmt, unit, higher_better)]."""
+    bal = agg.get((mode, "balancer", c))
+    out = []
+    for field, label, hib, spec, unit in RATIO_FIELDS:
+        best = best_other(agg, mode, c, field, hib)
+        mine = bal[field] if bal else None
+        if best is None or mine is None or not best[0]:
+            out.append((label, None, best[1] if best else None, best[0] if best else None,
+                        spec, unit, hib))
+        else:
+            out.append((label, mine / best[0], best[1], best[0], spec, unit, hib))
+    return out
+
+
+def ratio_line(agg, mode, c):
+    parts = []
+    for label, ratio, bt, bv, spec, unit, hib in balancer_ratios(agg, mode, c):
+        if ratio is None:
+            parts.append(f"n/a {label}")
+        else:
+            parts.append(f"**{ratio:.2f}x {label}** (best other: {bt} {format(bv, spec)} {unit})")
+    return "balancer / best other: " + ", ".join(parts)
+
+
+def write_table(lines, agg, mode, targets, conns):
     lines.append("| target | conns | req/s | p50 ms | p99 ms | peak RSS MiB | CPU µs/req "
                  "| errors | req/s vs nginx | p99 vs nginx | other load % | runs ok |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in conns:
-        base = agg.get(("nginx", c))
+        base = agg.get((mode, "nginx", c))
         for t in targets:
-            a = agg.get((t, c))
+            a = agg.get((mode, t, c))
             if a is None:
                 continue
             if base and base["rps"] and a["rps"] is not None:
@@ -220,24 +344,76 @@ def write_md(agg, meta, md_path, png_name):
             if a["statuses"]:
                 runs += " (" + ",".join(a["statuses"]) + ")"
             lines.append(
-                f"| {t} | {c} | {fmt(a['rps'], ',.0f')} | {fmt(a['p50_ms'], '.3f')} "
+                f"| {t} | {conns_label(c, a['streams'])} | {fmt(a['rps'], ',.0f')} "
+                f"| {fmt(a['p50_ms'], '.3f')} "
                 f"| {fmt(a['p99_ms'], '.3f')} "
                 f"| {'-' if is_direct else fmt(a['peak_rss_mib'], '.1f')} "
                 f"| {'-' if is_direct else fmt(a['cpu_us_per_req'], '.2f')} "
                 f"| {a['errors']} | {r_rps} | {r_p99} | {fmt(a['other_max'], '.0f')} | {runs} |")
+
+
+def write_md(agg, meta, md_path, png_name):
+    modes = modes_sorted({m for m, _, _ in agg})
+    metad = dict(meta)
+    lines = []
+    lines.append("# RustyBalancer proxy benchmark")
     lines.append("")
-    lines.append("Per-round req/s (to judge noise):")
+    lines.append(f"Generated by `jobs/bench-proxy.sh` on {metad.get('date', '?')}.")
     lines.append("")
-    for c in conns:
-        for t in targets:
-            a = agg.get((t, c))
-            if a is None:
-                continue
-            vals = ", ".join(f"{v:,.0f}" for v in a["rps_all"] if v is not None)
-            lines.append(f"- {t} c={c}: {vals or 'none'}")
+    lines.append("Median over rounds; errors = socket errors + non-2xx/3xx responses summed "
+                 "over all rounds; peak RSS = the proxy's lifetime VmHWM after all its runs "
+                 "in that mode (same for every conns row); ratios are against nginx "
+                 "at the same connection count (req/s: higher is better, p99: lower is better). "
+                 "RSS and CPU are not applicable to `direct` (no proxy). "
+                 "\"other load\" = worst CPU share (of all CPUs) taken by processes that are not "
+                 "part of the benchmark during a kept run; above ~10% treat the row as noisy. "
+                 "\"balancer / best other\" divides the balancer's figure by the better of nginx "
+                 "and HAProxy for that metric (highest req/s, lowest p99, lowest CPU): above "
+                 "1.00x is better for req/s, below 1.00x is better for p99 and CPU.")
     lines.append("")
+    if any(("balancer" in {t for m2, t, _ in agg if m2 == m}) for m in modes):
+        lines.append("## Summary: balancer / best of nginx and HAProxy")
+        lines.append("")
+        for m in modes:
+            conns = sorted({c for m2, t, c in agg if m2 == m and t == "balancer"})
+            for c in conns:
+                a = agg[(m, "balancer", c)]
+                lines.append(f"- **{m}** c={conns_label(c, a['streams'])}: {ratio_line(agg, m, c)}")
+        lines.append("")
+    for m in modes:
+        targets = targets_sorted({t for m2, t, _ in agg if m2 == m})
+        conns = sorted({c for m2, _, c in agg if m2 == m})
+        lines.append(f"## Mode `{m}`: {MODE_TITLES.get(m, m)}")
+        lines.append("")
+        desc = metad.get(f"{m} description")
+        if desc:
+            lines.append(desc + ".")
+            lines.append("")
+        lc = metad.get(f"{m} load command")
+        if lc:
+            lines.append(f"Load: `{lc}`. Pinning: {metad.get(f'{m} pinning', '?')}.")
+            lines.append("")
+        write_table(lines, agg, m, targets, conns)
+        lines.append("")
+        if "balancer" in targets:
+            for c in conns:
+                if (m, "balancer", c) not in agg:
+                    continue
+                a = agg[(m, "balancer", c)]
+                lines.append(f"- c={conns_label(c, a['streams'])}: {ratio_line(agg, m, c)}")
+            lines.append("")
+        lines.append("Per-round req/s (to judge noise):")
+        lines.append("")
+        for c in conns:
+            for t in targets:
+                a = agg.get((m, t, c))
+                if a is None:
+                    continue
+                vals = ", ".join(f"{v:,.0f}" for v in a["rps_all"] if v is not None)
+                lines.append(f"- {t} c={conns_label(c, a['streams'])}: {vals or 'none'}")
+        lines.append("")
     if png_name:
-        lines.append(f"![req/s and p99 per target]({png_name})")
+        lines.append(f"![req/s and p99 per target and mode]({png_name})")
         lines.append("")
     lines.append("## Environment and parameters")
     lines.append("")
@@ -258,33 +434,45 @@ def write_png(agg, png_path):
     except ImportError:
         print("results.py: warning: matplotlib not importable, skipping plot", file=sys.stderr)
         return False
-    targets = targets_sorted({t for t, _ in agg})
-    conns = sorted({c for _, c in agg})
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    width = 0.8 / max(1, len(targets))
-    for ax, field, title, scale in (
-        (axes[0], "rps", "throughput (k req/s, higher is better)", 1000.0),
-        (axes[1], "p99_ms", "p99 latency (ms, lower is better)", 1.0),
-    ):
-        for i, t in enumerate(targets):
-            xs, ys = [], []
-            for j, c in enumerate(conns):
-                a = agg.get((t, c))
-                v = a[field] if a else None
-                xs.append(j + (i - (len(targets) - 1) / 2) * width)
-                ys.append((v / scale) if v is not None else 0.0)
-            bars = ax.bar(xs, ys, width, label=t)
-            for b, y in zip(bars, ys):
-                if y:
-                    ax.annotate(f"{y:.1f}" if y < 100 else f"{y:.0f}",
-                                (b.get_x() + b.get_width() / 2, y),
-                                ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(range(len(conns)))
-        ax.set_xticklabels([f"{c} conns" for c in conns])
-        ax.set_title(title)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend()
-    fig.suptitle("RustyBalancer vs nginx vs HAProxy (proxy on 1 pinned core, 3 origins)")
+    modes = modes_sorted({m for m, _, _ in agg})
+    # One colour per target across all panels (h2c has no `direct`).
+    palette = plt.rcParams["axes.prop_cycle"].by_key().get("color", [None])
+    all_targets = targets_sorted({t for _, t, _ in agg})
+    color = {t: palette[i % len(palette)] for i, t in enumerate(all_targets)}
+    fig, axes = plt.subplots(len(modes), 2, figsize=(12, 4.3 * len(modes)), squeeze=False)
+    for row, m in enumerate(modes):
+        targets = targets_sorted({t for m2, t, _ in agg if m2 == m})
+        conns = sorted({c for m2, _, c in agg if m2 == m})
+        width = 0.8 / max(1, len(targets))
+        for ax, field, title, scale in (
+            (axes[row][0], "rps", "throughput (k req/s, higher is better)", 1000.0),
+            (axes[row][1], "p99_ms", "p99 latency (ms, lower is better)", 1.0),
+        ):
+            for i, t in enumerate(targets):
+                xs, ys = [], []
+                for j, c in enumerate(conns):
+                    a = agg.get((m, t, c))
+                    v = a[field] if a else None
+                    xs.append(j + (i - (len(targets) - 1) / 2) * width)
+                    ys.append((v / scale) if v is not None else 0.0)
+                bars = ax.bar(xs, ys, width, label=t, color=color[t])
+                for b, y in zip(bars, ys):
+                    if y:
+                        ax.annotate(f"{y:.1f}" if y < 100 else f"{y:.0f}",
+                                    (b.get_x() + b.get_width() / 2, y),
+                                    ha="center", va="bottom", fontsize=7)
+            labels = []
+            for c in conns:
+                streams = max((agg[k]["streams"] for k in agg if k[0] == m and k[2] == c),
+                              default=1)
+                labels.append(f"{c} conns x {streams} streams" if streams > 1 else f"{c} conns")
+            ax.set_xticks(range(len(conns)))
+            ax.set_xticklabels(labels)
+            ax.set_title(f"[{m}] {title}", fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
+        axes[row][0].legend(fontsize=8)
+        axes[row][0].set_ylabel(MODE_TITLES.get(m, m), fontsize=8)
+    fig.suptitle("RustyBalancer vs nginx vs HAProxy (3 origins on loopback), one row per mode")
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
@@ -296,6 +484,10 @@ def report(args):
         rows = list(csv.DictReader(f))
     if not rows:
         die(f"{args.csv}: no rows")
+    for r in rows:
+        for k, v in OPTIONAL_FIELDS.items():
+            if not r.get(k):
+                r[k] = v
     missing = [k for k in RAW_FIELDS if k not in rows[0]]
     if missing:
         die(f"{args.csv}: missing columns {missing}")
@@ -306,12 +498,20 @@ def report(args):
         png_ok = write_png(agg, args.png)
     write_md(agg, meta, args.md, os.path.basename(args.png) if png_ok else None)
     # Short summary to stderr for the console.
-    for (t, c) in sorted(agg, key=lambda k: (k[1], targets_sorted({x for x, _ in agg}).index(k[0]))):
-        a = agg[(t, c)]
-        print(f"  {t:>9} c={c:<4} req/s={fmt(a['rps'], ',.0f'):>9} "
+    modes = modes_sorted({m for m, _, _ in agg})
+    tnames = targets_sorted({t for _, t, _ in agg})
+    for (m, t, c) in sorted(agg, key=lambda k: (modes.index(k[0]), k[2], tnames.index(k[1]))):
+        a = agg[(m, t, c)]
+        print(f"  {m:>6} {t:>9} c={conns_label(c, a['streams']):<5} "
+              f"req/s={fmt(a['rps'], ',.0f'):>9} "
               f"p50={fmt(a['p50_ms'], '.3f')}ms p99={fmt(a['p99_ms'], '.3f')}ms "
               f"rss={fmt(a['peak_rss_mib'], '.1f')}MiB cpu={fmt(a['cpu_us_per_req'], '.2f')}us/req "
               f"errors={a['errors']} other<={fmt(a['other_max'], '.0f')}%", file=sys.stderr)
+    for m in modes:
+        for c in sorted({c for m2, t, c in agg if m2 == m and t == "balancer"}):
+            line = ratio_line(agg, m, c).replace("**", "")
+            print(f"  {m} c={conns_label(c, agg[(m, 'balancer', c)]['streams'])}: {line}",
+                  file=sys.stderr)
 
 
 def main():
@@ -322,6 +522,9 @@ def main():
     sp.add_argument("n", type=int)
     sp = sub.add_parser("parse-wrk")
     sp.add_argument("file")
+    sp = sub.add_parser("parse-h2load")
+    sp.add_argument("out")
+    sp.add_argument("log")
     sp = sub.add_parser("report")
     sp.add_argument("--csv", required=True)
     sp.add_argument("--meta", required=True)
@@ -332,6 +535,8 @@ def main():
         free_ports(args.n)
     elif args.cmd == "parse-wrk":
         parse_wrk(args.file)
+    elif args.cmd == "parse-h2load":
+        parse_h2load(args.out, args.log)
     else:
         report(args)
 
