@@ -615,7 +615,9 @@ start_balancer() {
     # cores2: the balancer sizes its runtime from the CPUs it may run on;
     # an inherited WORKER_THREADS would override that.
     [[ $MODE == cores2 ]] && unset_env=(-u WORKER_THREADS)
-    local cmd=("${M_PIN_PROXY[@]}" env "${unset_env[@]}" RUST_LOG=warn DEPLOYMENT_AGENT_URL=
+    # REDIS_HOST= turns task submissions off: the proxies compared keep no job queue, and
+    # without a Redis the balancer would keep retrying its connection in the background.
+    local cmd=("${M_PIN_PROXY[@]}" env "${unset_env[@]}" RUST_LOG=warn DEPLOYMENT_AGENT_URL= REDIS_HOST=
         STATIC_BACKENDS="127.0.0.1:$P_O1,127.0.0.1:$P_O2,127.0.0.1:$P_O3"
         HOST_PORT_HTTP_BALANCER="$P_BAL" HOST_PORT_ADMIN_BALANCER="$P_ADMIN"
         BIND_ADDRESS=127.0.0.1 MAX_CONNECTIONS=10000 "$BALANCER_BIN")
