@@ -30,6 +30,8 @@ pub struct CachePolicy {
     default_ttl: Duration,
     max_ttl: Duration,
     max_object_bytes: u64,
+    /// `CACHE_CREDENTIALED=always`: store answers to requests with credentials like any other.
+    store_credentialed: bool,
 }
 
 fn cache_control_directives(
@@ -60,6 +62,7 @@ impl CachePolicy {
             default_ttl: cfg.default_ttl,
             max_ttl: cfg.max_ttl,
             max_object_bytes: cfg.max_object_bytes,
+            store_credentialed: cfg.store_credentialed,
         }
     }
 
@@ -83,11 +86,15 @@ impl CachePolicy {
         if headers.contains_key(header::AUTHORIZATION) {
             return None;
         }
-        let bypass = cache_control_directives(headers)
-            .any(|(n, _)| n == "no-cache" || n == "no-store")
-            || headers
-                .get(header::PRAGMA)
-                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache"));
+        // The client asks for a fresh answer: go upstream (whose answer may refresh the
+        // stored one).
+        let bypass = cache_control_directives(headers).any(|(n, v)| {
+            n == "no-cache"
+                || n == "no-store"
+                || (n == "max-age" && v.and_then(|v| v.parse::<u64>().ok()) == Some(0))
+        }) || headers
+            .get(header::PRAGMA)
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache"));
         if bypass {
             return None;
         }
@@ -109,8 +116,20 @@ impl CachePolicy {
         ))
     }
 
-    /// How long a response may be stored, or `None` if it must not be.
-    pub fn ttl(&self, status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    /// Whether a request carries credentials (`Cookie`, `Authorization`): the answer to it
+    /// may be personal, so it is stored only when the origin says it may be shared.
+    pub fn credentialed(headers: &HeaderMap) -> bool {
+        headers.contains_key(header::COOKIE) || headers.contains_key(header::AUTHORIZATION)
+    }
+
+    /// How long a response may be stored, or `None` if it must not be. The response to a
+    /// `credentialed` request needs `public` or `s-maxage` (unless `CACHE_CREDENTIALED=always`).
+    pub fn ttl(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        credentialed: bool,
+    ) -> Option<Duration> {
         if status != StatusCode::OK || headers.contains_key(header::SET_COOKIE) {
             return None;
         }
@@ -132,13 +151,18 @@ impl CachePolicy {
         }
         let mut max_age = None;
         let mut s_maxage = None;
+        let mut public = false;
         for (name, value) in cache_control_directives(headers) {
             match name.as_str() {
                 "no-store" | "private" | "no-cache" => return None,
                 "max-age" => max_age = value.and_then(|v| v.parse::<u64>().ok()),
                 "s-maxage" => s_maxage = value.and_then(|v| v.parse::<u64>().ok()),
+                "public" => public = true,
                 _ => {}
             }
+        }
+        if credentialed && !self.store_credentialed && !public && s_maxage.is_none() {
+            return None;
         }
         let ttl = s_maxage
             .or(max_age)
@@ -258,7 +282,7 @@ impl Cache {
     }
 
     /// Answers a GET from the cache or fetches it once for all concurrent requests.
-    pub async fn get_or_fetch<F>(&self, key: String, fetch: F) -> Fetched
+    pub async fn get_or_fetch<F>(&self, key: String, credentialed: bool, fetch: F) -> Fetched
     where
         F: std::future::Future<Output = Response<ResponseBody>>,
     {
@@ -269,7 +293,7 @@ impl Cache {
                 fetched_here.store(true, Ordering::Relaxed);
                 self.misses.fetch_add(1, Ordering::Relaxed);
                 let resp = fetch.await;
-                match self.policy.ttl(resp.status(), resp.headers()) {
+                match self.policy.ttl(resp.status(), resp.headers(), credentialed) {
                     Some(ttl) => self.buffer(resp, ttl).await,
                     None => Err(NotStored::Uncacheable(Mutex::new(Some(resp)))),
                 }
@@ -326,6 +350,7 @@ mod tests {
             default_ttl: Duration::from_secs(60),
             max_ttl: Duration::from_secs(3600),
             max_object_bytes: 1000,
+            store_credentialed: false,
         }
     }
 
@@ -359,6 +384,7 @@ mod tests {
             ("authorization", "Bearer x"),
             ("cache-control", "no-cache"),
             ("cache-control", "max-age=0, no-store"),
+            ("cache-control", "max-age=0"),
             ("pragma", "no-cache"),
         ] {
             assert!(
@@ -375,7 +401,7 @@ mod tests {
         let with = |extra: &[(&str, &str)]| {
             let mut pairs = vec![("content-length", "10")];
             pairs.extend_from_slice(extra);
-            p.ttl(ok, &headers(&pairs))
+            p.ttl(ok, &headers(&pairs), false)
         };
         assert_eq!(with(&[]), Some(Duration::from_secs(60)));
         assert_eq!(
@@ -401,15 +427,42 @@ mod tests {
             Some(Duration::from_secs(60))
         );
         assert_eq!(
-            p.ttl(StatusCode::NOT_FOUND, &headers(&[("content-length", "1")])),
+            p.ttl(
+                StatusCode::NOT_FOUND,
+                &headers(&[("content-length", "1")]),
+                false
+            ),
             None
         );
         assert_eq!(
-            p.ttl(ok, &headers(&[("content-length", "1001")])),
+            p.ttl(ok, &headers(&[("content-length", "1001")]), false),
             None,
             "too big"
         );
-        assert_eq!(p.ttl(ok, &headers(&[])), None, "unknown length");
+        assert_eq!(p.ttl(ok, &headers(&[]), false), None, "unknown length");
+    }
+
+    #[test]
+    fn answers_to_credentialed_requests_are_stored_only_when_shareable() {
+        let mut p = policy();
+        let ttl = |p: &CachePolicy, cc: Option<&str>| {
+            let mut pairs = vec![("content-length", "10")];
+            pairs.extend(cc.map(|v| ("cache-control", v)));
+            p.ttl(StatusCode::OK, &headers(&pairs), true)
+        };
+        assert_eq!(ttl(&p, None), None, "no Cache-Control: may be personal");
+        assert_eq!(ttl(&p, Some("max-age=60")), None);
+        assert_eq!(ttl(&p, Some("public")), Some(Duration::from_secs(60)));
+        assert_eq!(ttl(&p, Some("s-maxage=30")), Some(Duration::from_secs(30)));
+        assert_eq!(ttl(&p, Some("public, private")), None);
+        assert!(CachePolicy::credentialed(&headers(&[("cookie", "id=1")])));
+        assert!(CachePolicy::credentialed(&headers(&[(
+            "authorization",
+            "x"
+        )])));
+        assert!(!CachePolicy::credentialed(&headers(&[("accept", "*/*")])));
+        p.store_credentialed = true;
+        assert_eq!(ttl(&p, None), Some(Duration::from_secs(60)));
     }
 
     #[tokio::test]
@@ -418,6 +471,7 @@ mod tests {
             capacity: 10,
             max_bytes: 1 << 20,
             max_object_bytes: 1 << 10,
+            store_credentialed: false,
             default_ttl: Duration::from_secs(60),
             max_ttl: Duration::from_secs(60),
             extensions: vec!["css".into()],
@@ -436,7 +490,7 @@ mod tests {
                         .insert(header::CONTENT_LENGTH, HeaderValue::from(6));
                     r
                 };
-                match cache.get_or_fetch("k".into(), fetch).await {
+                match cache.get_or_fetch("k".into(), false, fetch).await {
                     Fetched::Hit(r) | Fetched::Stored(r) => r.headers()["x-cache"].clone(),
                     _ => panic!("should be stored"),
                 }

@@ -31,6 +31,10 @@ pub const CACHE_EXTENSIONS: &str = "CACHE_EXTENSIONS";
 pub const MAX_BODY_BYTES: &str = "MAX_BODY_BYTES";
 pub const MAX_HEADER_BYTES: &str = "MAX_HEADER_BYTES";
 pub const HEADER_READ_TIMEOUT: &str = "HEADER_READ_TIMEOUT";
+pub const MAX_HEADERS: &str = "MAX_HEADERS";
+pub const BUFFER_BODY_BYTES: &str = "BUFFER_BODY_BYTES";
+pub const CLIENT_BODY_TIMEOUT: &str = "CLIENT_BODY_TIMEOUT";
+pub const CACHE_CREDENTIALED: &str = "CACHE_CREDENTIALED";
 pub const IDLE_TIMEOUT: &str = "IDLE_TIMEOUT";
 pub const MAX_CONNECTIONS: &str = "MAX_CONNECTIONS";
 pub const SHUTDOWN_GRACE: &str = "SHUTDOWN_GRACE";
@@ -130,6 +134,8 @@ pub struct CacheConfig {
     pub max_object_bytes: u64,
     pub default_ttl: Duration,
     pub max_ttl: Duration,
+    /// Store answers to requests with `Cookie`/`Authorization` without `public`/`s-maxage`.
+    pub store_credentialed: bool,
     /// Lower-case file extensions, without the dot, that mark a static resource.
     pub extensions: Vec<String>,
 }
@@ -138,6 +144,13 @@ pub struct CacheConfig {
 pub struct Limits {
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
+    /// Header fields per request, on HTTP/1.1 and HTTP/2 alike.
+    pub max_headers: usize,
+    /// Bodies up to this size are read before a backend connection is taken (0: never).
+    pub buffer_body_bytes: u64,
+    /// Longest wait for a client's body bytes (buffered: the whole body; streamed: the next
+    /// bytes).
+    pub client_body_timeout: Duration,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
@@ -221,6 +234,16 @@ impl Config {
             max_object_bytes: r.bytes(CACHE_MAX_OBJECT_BYTES, 1 << 20),
             default_ttl: r.duration(CACHE_DEFAULT_TTL, Duration::from_secs(60)),
             max_ttl: r.duration(CACHE_MAX_TTL, Duration::from_secs(86_400)),
+            store_credentialed: r.get(
+                CACHE_CREDENTIALED,
+                false,
+                "explicit (store answers to requests with Cookie or Authorization only when public or s-maxage) or always",
+                |v| match v {
+                    "explicit" => Some(false),
+                    "always" => Some(true),
+                    _ => None,
+                },
+            ),
             extensions: r.get(
                 CACHE_EXTENSIONS,
                 split_extensions(DEFAULT_CACHE_EXTENSIONS),
@@ -231,6 +254,9 @@ impl Config {
         let limits = Limits {
             max_body_bytes: r.bytes(MAX_BODY_BYTES, 10 << 20),
             max_header_bytes: r.bytes(MAX_HEADER_BYTES, 64 << 10) as usize,
+            max_headers: r.count(MAX_HEADERS, 100, 1) as usize,
+            buffer_body_bytes: r.bytes(BUFFER_BODY_BYTES, 64 << 10),
+            client_body_timeout: r.positive_duration(CLIENT_BODY_TIMEOUT, Duration::from_secs(30)),
             header_read_timeout: r.duration(HEADER_READ_TIMEOUT, Duration::from_secs(10)),
             idle_timeout: r.duration(IDLE_TIMEOUT, Duration::from_secs(60)),
             max_connections: r.count(MAX_CONNECTIONS, 10_000, 1) as usize,

@@ -17,7 +17,7 @@ use crate::backends::{Backend, Backends, InFlight, Outcome};
 use crate::budget::RetryBudget;
 use crate::headers::{accepts_trailers, add_forwarded, strip_hop_by_hop};
 use crate::metrics::Metrics;
-use crate::request_body::{is_body_too_large, RequestBody};
+use crate::request_body::{client_fault, ClientFault, RequestBody};
 use crate::upstream::{Unsent, UpstreamBody, UpstreamError};
 
 /// At most this many backends are tried for one request (first try + retries).
@@ -88,8 +88,9 @@ pub struct Sent {
 pub enum SendError {
     /// No backend could be picked.
     NoBackend,
-    /// The client's body went over the limit while being sent.
-    BodyTooLarge,
+    /// The client's side failed while the request was being sent (its body was too large,
+    /// malformed, cut short or too slow). Not counted against the backend.
+    Client(ClientFault),
     /// The request failed and may have reached `backend` (or every connect attempt failed).
     Failed {
         backend: Arc<Backend>,
@@ -140,6 +141,7 @@ impl Dispatcher {
         timeout: Duration,
     ) -> Result<Sent, SendError> {
         let table = self.backends.load();
+        let progress = body.progress();
         let mut req = out.into_request(body);
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error = None;
@@ -173,8 +175,8 @@ impl Dispatcher {
                     });
                 }
                 Ok(Err(Unsent { error, request })) => {
-                    if is_body_too_large(&error) {
-                        return Err(SendError::BodyTooLarge);
+                    if let Some(fault) = client_fault(&error) {
+                        return Err(SendError::Client(fault));
                     }
                     self.backends.record(&backend, Outcome::Failure, elapsed);
                     let Some(request) = request else {
@@ -197,6 +199,10 @@ impl Dispatcher {
                     last_error = Some((backend, error));
                 }
                 Err(_) => {
+                    // Still waiting for the client's body: the client held it up.
+                    if progress.is_some_and(|p| !p.load(Ordering::Relaxed)) {
+                        return Err(SendError::Client(ClientFault::BodyTimeout));
+                    }
                     self.backends.record(&backend, Outcome::Failure, elapsed);
                     return Err(SendError::TimedOut { backend });
                 }

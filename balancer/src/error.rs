@@ -20,8 +20,25 @@ pub enum ProxyError {
     UpstreamFailed,
     #[error("request body too large")]
     BodyTooLarge,
+    #[error("malformed or incomplete request body")]
+    BadRequestBody,
+    #[error("the request body was not received in time")]
+    RequestBodyTimeout,
+    #[error("{0}")]
+    Refused(#[from] crate::strict::Refusal),
     #[error("not found")]
     NotFound,
+}
+
+impl From<crate::request_body::ClientFault> for ProxyError {
+    fn from(f: crate::request_body::ClientFault) -> ProxyError {
+        use crate::request_body::ClientFault;
+        match f {
+            ClientFault::BodyTooLarge => ProxyError::BodyTooLarge,
+            ClientFault::BadBody => ProxyError::BadRequestBody,
+            ClientFault::BodyTimeout => ProxyError::RequestBodyTimeout,
+        }
+    }
 }
 
 impl ProxyError {
@@ -31,6 +48,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
+            ProxyError::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Refused(r) => r.status(),
             ProxyError::NotFound => StatusCode::NOT_FOUND,
         }
     }
@@ -42,6 +62,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamFailed => "upstream_failed",
             ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::BadRequestBody => "bad_request_body",
+            ProxyError::RequestBodyTimeout => "request_body_timeout",
+            ProxyError::Refused(r) => r.code(),
             ProxyError::NotFound => "not_found",
         }
     }
@@ -56,7 +79,15 @@ impl ProxyError {
                 HeaderValue::from(NO_BACKEND_RETRY_AFTER.as_secs()),
             );
         }
-        if matches!(self, ProxyError::BodyTooLarge) {
+        // The client's message was not read to its end (or is not trusted to be framed
+        // right): the connection cannot carry another request.
+        if matches!(
+            self,
+            ProxyError::BodyTooLarge
+                | ProxyError::BadRequestBody
+                | ProxyError::RequestBodyTimeout
+                | ProxyError::Refused(_)
+        ) {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -95,5 +126,11 @@ mod tests {
         assert_eq!(ProxyError::UpstreamTimeout.response().status(), 504);
         assert_eq!(ProxyError::UpstreamFailed.response().status(), 502);
         assert_eq!(ProxyError::BodyTooLarge.response().status(), 413);
+        let r = ProxyError::RequestBodyTimeout.response();
+        assert_eq!(r.status(), 408);
+        assert_eq!(r.headers()["connection"], "close");
+        assert_eq!(ProxyError::BadRequestBody.response().status(), 400);
+        let r = ProxyError::from(crate::strict::Refusal::Connect).response();
+        assert_eq!(r.status(), 501);
     }
 }

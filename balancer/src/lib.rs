@@ -14,6 +14,8 @@
 //! - [`request_body`], [`body`], [`headers`]: streamed request bodies with limits, response
 //!   bodies (a streamed one holds the backend's in-flight count until it ends), header
 //!   rewriting.
+//! - [`strict`]: HTTP's message rules checked before forwarding (`Host`, `CONNECT`,
+//!   transfer codings, header count); pure.
 //! - [`cache`]: caching policy (pure) and the moka store.
 //! - [`server`]: accept loops, connection limits, idle timeout, graceful shutdown.
 //! - [`admin`], [`metrics`], [`histogram`]: `/health`, `/metrics`, `/queue`.
@@ -35,6 +37,7 @@ pub mod proxy;
 pub mod request_body;
 pub mod selection;
 pub mod server;
+pub mod strict;
 pub mod tasks;
 pub mod upstream;
 

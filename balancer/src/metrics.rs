@@ -22,6 +22,21 @@ type BackendSeries = (
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// The kinds of client faults counted in `balancer_client_faults_total` (the codes of
+/// [`crate::request_body::ClientFault`] and [`crate::strict::Refusal`]).
+pub const CLIENT_FAULT_KINDS: [&str; 10] = [
+    "body_too_large",
+    "bad_request_body",
+    "request_body_timeout",
+    "missing_host",
+    "duplicate_host",
+    "invalid_host",
+    "connect_not_supported",
+    "unsupported_transfer_coding",
+    "repeated_chunked",
+    "too_many_headers",
+];
+
 /// Where a response came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -42,6 +57,8 @@ pub struct Metrics {
     pub retries: AtomicU64,
     pub retries_refused: AtomicU64,
     pub upgrades: AtomicU64,
+    /// By [`CLIENT_FAULT_KINDS`]: requests refused or failed because of the client.
+    client_faults: [AtomicU64; CLIENT_FAULT_KINDS.len()],
     pub agent_connected: AtomicBool,
     pub agent_connects: AtomicU64,
     pub frames_applied: AtomicU64,
@@ -65,6 +82,7 @@ impl Default for Metrics {
             retries: AtomicU64::default(),
             retries_refused: AtomicU64::default(),
             upgrades: AtomicU64::default(),
+            client_faults: Default::default(),
             agent_connected: AtomicBool::default(),
             agent_connects: AtomicU64::default(),
             frames_applied: AtomicU64::default(),
@@ -85,6 +103,14 @@ impl Metrics {
     /// The task queue depth for reports, if known.
     pub fn task_queue_depth(&self) -> Option<u64> {
         Some(self.task_queue_depth.load(Ordering::Relaxed)).filter(|d| *d != u64::MAX)
+    }
+
+    /// Counts a request refused or failed because of the client (`kind` from
+    /// [`CLIENT_FAULT_KINDS`]).
+    pub fn client_fault(&self, kind: &str) {
+        if let Some(i) = CLIENT_FAULT_KINDS.iter().position(|k| *k == kind) {
+            self.client_faults[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts one finished request (response headers sent) and its latency.
@@ -276,6 +302,14 @@ impl Metrics {
         ];
         for (name, kind, help, value) in scalars {
             out.single(name, kind, help, value);
+        }
+        out.family(
+            "balancer_client_faults_total",
+            Kind::Counter,
+            "Requests refused or failed because of the client (never counted against a backend), by kind.",
+        );
+        for (kind, n) in CLIENT_FAULT_KINDS.iter().zip(&self.client_faults) {
+            out.sample("balancer_client_faults_total", &[("kind", kind)], get(n));
         }
         out
     }

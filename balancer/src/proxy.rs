@@ -30,7 +30,8 @@ use crate::dispatch::{error_chain, Dispatcher, Outgoing, SendError};
 use crate::error::ProxyError;
 use crate::headers::{is_upgrade, strip_hop_by_hop};
 use crate::metrics::{Metrics, Source};
-use crate::request_body::RequestBody;
+use crate::request_body::{client_fault, ClientFault, RequestBody};
+use crate::strict;
 use crate::tasks::Tasks;
 use crate::upstream::UpstreamBody;
 
@@ -41,6 +42,9 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     request_timeout: Duration,
     max_body_bytes: u64,
+    max_headers: usize,
+    buffer_body_bytes: u64,
+    client_body_timeout: Duration,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -59,6 +63,9 @@ impl Proxy {
             metrics,
             request_timeout: config.request_timeout,
             max_body_bytes: config.limits.max_body_bytes,
+            max_headers: config.limits.max_headers,
+            buffer_body_bytes: config.limits.buffer_body_bytes,
+            client_body_timeout: config.limits.client_body_timeout,
             shutdown,
         }
     }
@@ -83,17 +90,38 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         self.dispatch.deposit();
-        let (resp, source) = match &self.tasks {
+        let mut req = req;
+        let (resp, source) = match strict::check(&mut req, self.max_headers) {
+            Err(refusal) => {
+                debug!("refusing {} {}: {refusal}", req.method(), req.uri());
+                self.client_fault(refusal.into())
+            }
+            Ok(()) => self.dispatch_request(req, client).await,
+        };
+        self.metrics
+            .observe(source, resp.status().as_u16(), start.elapsed());
+        resp
+    }
+
+    /// Counts a client's fault and answers it.
+    fn client_fault(&self, error: ProxyError) -> (Response<ResponseBody>, Source) {
+        self.metrics.client_fault(error.code());
+        (error.response(), Source::Local)
+    }
+
+    async fn dispatch_request(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> (Response<ResponseBody>, Source) {
+        match &self.tasks {
             // Boxed, like the cache path: the task API's future is large, and a future's
             // size is copied whenever hyper stores or spawns it.
             Some(tasks) if tasks.claims(&req) => {
                 (Box::pin(tasks.handle(req, client)).await, Source::Local)
             }
             _ => self.route(req, client).await,
-        };
-        self.metrics
-            .observe(source, resp.status().as_u16(), start.elapsed());
-        resp
+        }
     }
 
     async fn route(
@@ -112,13 +140,31 @@ impl Proxy {
                 req.method(),
                 req.uri()
             );
-            return (ProxyError::BodyTooLarge.response(), Source::Local);
+            return self.client_fault(ProxyError::BodyTooLarge);
         }
-        let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+        // `Upgrade: h2c` is not tunnelled: the request goes on as a plain one without it.
+        let upgrade = req.version() == Version::HTTP_11
+            && is_upgrade(req.headers())
+            && !strict::upgrade_is_h2c_only(req.headers());
         let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let out = Outgoing::from_client(&mut req, client, upgrade);
         let (parts, body) = req.into_parts();
-        let body = RequestBody::new(body, self.max_body_bytes);
+        let body = RequestBody::new(body, self.max_body_bytes, self.client_body_timeout);
+        // A small body is read before a backend connection is taken.
+        let body = match body
+            .buffered(self.buffer_body_bytes, self.client_body_timeout)
+            .await
+        {
+            Ok(body) => body,
+            Err(e) => {
+                let fault = client_fault(&*e).unwrap_or(ClientFault::BadBody);
+                debug!(
+                    "{} {}: request body from {client}: {e}",
+                    out.method, out.path
+                );
+                return self.client_fault(fault.into());
+            }
+        };
 
         let key = match (&self.cache, upgrade, body.is_end_stream_hint()) {
             (Some(cache), false, true) => cache.policy.key(&out.method, &parts.uri, &out.headers),
@@ -150,13 +196,14 @@ impl Proxy {
             return (resp, source);
         }
         let retry = out.clone();
+        let credentialed = crate::cache::CachePolicy::credentialed(&retry.headers);
         let fetch = async {
             let (mut resp, _) = self.forward(out, body, None).await;
             resp.headers_mut()
                 .insert(X_CACHE.clone(), HeaderValue::from_static("MISS"));
             resp
         };
-        match cache.get_or_fetch(key, fetch).await {
+        match cache.get_or_fetch(key, credentialed, fetch).await {
             Fetched::Hit(resp) => (resp, Source::Cache),
             Fetched::Stored(resp) | Fetched::Passed(resp) => (resp, Source::Backend),
             Fetched::GoUpstream => {
@@ -183,7 +230,13 @@ impl Proxy {
                 return (resp, Source::Backend);
             }
             Err(SendError::NoBackend) => ProxyError::NoBackend,
-            Err(SendError::BodyTooLarge) => ProxyError::BodyTooLarge,
+            Err(SendError::Client(fault)) => {
+                debug!(
+                    "{method} {path}: the client's request body failed: {}",
+                    fault.code()
+                );
+                return self.client_fault(fault.into());
+            }
             Err(SendError::Failed { backend, error }) => {
                 warn!(
                     "{} {} via {} ({}) failed: {}",

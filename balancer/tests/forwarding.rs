@@ -134,7 +134,9 @@ async fn multi_megabyte_post_streams_through() {
 #[tokio::test]
 async fn request_body_is_streamed_not_buffered() {
     // The origin reports its first chunk before the client has sent the rest: a proxy
-    // that buffered the whole body would deadlock here.
+    // that buffered the whole body would deadlock here. The first chunk is larger than
+    // BUFFER_BODY_BYTES (64 KiB by default): what was read while trying to buffer the body
+    // is sent first, then the rest streams.
     let (first_tx, mut first_rx) = mpsc::channel::<usize>(1);
     let origin = Origin::start(handler(move |req| {
         let first_tx = first_tx.clone();
@@ -162,7 +164,7 @@ async fn request_body_is_streamed_not_buffered() {
     let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let pending = tokio::spawn(async move { c.request(req).await });
-    tx.send(Ok(Frame::data(Bytes::from(vec![1u8; 1000]))))
+    tx.send(Ok(Frame::data(Bytes::from(vec![1u8; 100_000]))))
         .await
         .unwrap();
     let first = tokio::time::timeout(Duration::from_secs(5), first_rx.recv())
@@ -175,7 +177,7 @@ async fn request_body_is_streamed_not_buffered() {
     drop(tx);
     let resp = pending.await.unwrap().unwrap();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(&body[..], b"1500");
+    assert_eq!(&body[..], b"100500");
 }
 
 /// A `Stream` over an mpsc receiver (no tokio-stream dependency).

@@ -397,9 +397,9 @@ impl Tasks {
                         backend: describe(&backend),
                     }
                 }
-                Err(SendError::BodyTooLarge) => {
+                Err(SendError::Client(fault)) => {
                     return Exchange::Transport {
-                        error: "request body too large".into(),
+                        error: format!("request body failed: {}", fault.code()),
                         backend: String::new(),
                     }
                 }
