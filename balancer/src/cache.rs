@@ -86,8 +86,8 @@ impl CachePolicy {
         if headers.contains_key(header::AUTHORIZATION) {
             return None;
         }
-        // The client asks for a fresh answer: go upstream (whose answer may refresh the
-        // stored one).
+        // The client asks for a fresh answer: go upstream, past the cache (the stored entry
+        // is left as it is; no conditional revalidation).
         let bypass = cache_control_directives(headers).any(|(n, v)| {
             n == "no-cache"
                 || n == "no-store"
