@@ -23,6 +23,9 @@ use crate::body::ResponseBody;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 
+/// hyper's HTTP/1 header count limit when none is set.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// Builds the connection builder with the configured protections.
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -30,8 +33,12 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers)
         .keep_alive(true);
+    // Only when it differs from hyper's own default (100): a configured count makes hyper
+    // initialise its header arrays element by element on every request.
+    if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        b.http1().max_headers(limits.max_headers);
+    }
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
