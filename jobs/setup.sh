@@ -100,9 +100,14 @@ CACHE_MAX_BYTES|64MiB|size|advanced|maximum bytes held by the cache
 CACHE_MAX_OBJECT_BYTES|1MiB|size|advanced|larger responses are never cached
 CACHE_DEFAULT_TTL|60s|duration|advanced|TTL when the response has no max-age
 CACHE_MAX_TTL|86400s|duration|advanced|upper bound of any TTL
+CACHE_CREDENTIALED|explicit|credpolicy|advanced|answers to requests with Cookie/Authorization are stored only when public or s-maxage (explicit) or always
 CACHE_EXTENSIONS|css,js,mjs,map,png,jpg,jpeg,gif,svg,ico,webp,avif,woff,woff2,ttf,otf,eot,txt,wasm|extlist|advanced|path extensions of static resources
 MAX_BODY_BYTES|10MiB|size|advanced|request body limit (then 413)
-MAX_HEADER_BYTES|64KiB|size|advanced|request head limit (then 431), at least 8KiB
+MAX_HEADER_BYTES|32KiB|size|advanced|request head limit (then 431), at least 8KiB; also each client connection's write buffer
+MAX_HEADERS|100|count|advanced|header fields per request, HTTP/1.1 and HTTP/2 (then 431)
+BUFFER_BODY_BYTES|64KiB|size|advanced|request bodies up to this size are read before a backend connection is taken
+CLIENT_BODY_TIMEOUT|30s|duration|advanced|time to receive a buffered body, longest pause in a streamed one (then 408)
+UPSTREAM_BUFFER_BYTES|16KiB|size|advanced|read buffer per backend connection: bounds a response head and the memory a slow reader pins, at least 8KiB
 HEADER_READ_TIMEOUT|10s|duration|advanced|time allowed to send a request head
 IDLE_TIMEOUT|60s|duration|advanced|idle connections are closed after this
 MAX_CONNECTIONS|10000|count|advanced|concurrent client connections
@@ -270,6 +275,9 @@ expected() {
         strategy)
             [[ $v =~ ^(weighted|round_robin|p2c)$ ]] && return 0
             echo "weighted, round_robin or p2c" ;;
+        credpolicy)
+            [[ $v =~ ^(explicit|always)$ ]] && return 0
+            echo "explicit or always" ;;
         logfilter)
             [[ $v =~ ^[A-Za-z0-9_,=:.-]+$ ]] && return 0
             echo "an env_logger filter such as info or info,balancer=debug" ;;

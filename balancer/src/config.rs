@@ -34,6 +34,7 @@ pub const HEADER_READ_TIMEOUT: &str = "HEADER_READ_TIMEOUT";
 pub const MAX_HEADERS: &str = "MAX_HEADERS";
 pub const BUFFER_BODY_BYTES: &str = "BUFFER_BODY_BYTES";
 pub const CLIENT_BODY_TIMEOUT: &str = "CLIENT_BODY_TIMEOUT";
+pub const UPSTREAM_BUFFER_BYTES: &str = "UPSTREAM_BUFFER_BYTES";
 pub const CACHE_CREDENTIALED: &str = "CACHE_CREDENTIALED";
 pub const IDLE_TIMEOUT: &str = "IDLE_TIMEOUT";
 pub const MAX_CONNECTIONS: &str = "MAX_CONNECTIONS";
@@ -151,6 +152,9 @@ pub struct Limits {
     /// Longest wait for a client's body bytes (buffered: the whole body; streamed: the next
     /// bytes).
     pub client_body_timeout: Duration,
+    /// Read buffer of each upstream connection: bounds a response head and the memory a
+    /// slow reader pins.
+    pub upstream_buffer_bytes: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
@@ -253,10 +257,11 @@ impl Config {
         };
         let limits = Limits {
             max_body_bytes: r.bytes(MAX_BODY_BYTES, 10 << 20),
-            max_header_bytes: r.bytes(MAX_HEADER_BYTES, 64 << 10) as usize,
+            max_header_bytes: r.bytes(MAX_HEADER_BYTES, 32 << 10) as usize,
             max_headers: r.count(MAX_HEADERS, 100, 1) as usize,
             buffer_body_bytes: r.bytes(BUFFER_BODY_BYTES, 64 << 10),
             client_body_timeout: r.positive_duration(CLIENT_BODY_TIMEOUT, Duration::from_secs(30)),
+            upstream_buffer_bytes: r.bytes(UPSTREAM_BUFFER_BYTES, 16 << 10) as usize,
             header_read_timeout: r.duration(HEADER_READ_TIMEOUT, Duration::from_secs(10)),
             idle_timeout: r.duration(IDLE_TIMEOUT, Duration::from_secs(60)),
             max_connections: r.count(MAX_CONNECTIONS, 10_000, 1) as usize,
@@ -349,6 +354,11 @@ impl Config {
             self.cache.max_object_bytes <= self.cache.max_bytes,
             CACHE_MAX_OBJECT_BYTES,
             "must not exceed CACHE_MAX_BYTES",
+        );
+        rules.check(
+            self.limits.upstream_buffer_bytes >= crate::upstream::MIN_BUFFER_BYTES,
+            UPSTREAM_BUFFER_BYTES,
+            "must be at least 8KiB",
         );
         rules.check(
             self.limits.max_header_bytes >= 8192,

@@ -18,7 +18,7 @@ use crate::budget::RetryBudget;
 use crate::headers::{accepts_trailers, add_forwarded, strip_hop_by_hop};
 use crate::metrics::Metrics;
 use crate::request_body::{client_fault, ClientFault, RequestBody};
-use crate::upstream::{Unsent, UpstreamBody, UpstreamError};
+use crate::upstream::{Dial, Unsent, UpstreamBody, UpstreamError};
 
 /// At most this many backends are tried for one request (first try + retries).
 pub const MAX_ATTEMPTS: usize = 3;
@@ -102,7 +102,7 @@ pub enum SendError {
 
 pub struct Dispatcher {
     backends: Arc<Backends>,
-    connect_timeout: Duration,
+    dial: Dial,
     budget: RetryBudget,
     metrics: Arc<Metrics>,
 }
@@ -110,13 +110,13 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(
         backends: Arc<Backends>,
-        connect_timeout: Duration,
+        dial: Dial,
         retry_budget: f64,
         metrics: Arc<Metrics>,
     ) -> Dispatcher {
         Dispatcher {
             backends,
-            connect_timeout,
+            dial,
             budget: RetryBudget::new(retry_budget),
             metrics,
         }
@@ -157,9 +157,7 @@ impl Dispatcher {
             let sent = Instant::now();
             let result = tokio::time::timeout(
                 timeout,
-                backend
-                    .conns
-                    .send(&backend.address, self.connect_timeout, req),
+                backend.conns.send(&backend.address, self.dial, req),
             )
             .await;
             let elapsed = sent.elapsed();

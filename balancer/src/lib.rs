@@ -19,6 +19,7 @@
 //! - [`cache`]: caching policy (pure) and the moka store.
 //! - [`server`]: accept loops, connection limits, idle timeout, graceful shutdown.
 //! - [`admin`], [`metrics`], [`histogram`]: `/health`, `/metrics`, `/queue`.
+//! - [`memory`]: free memory handed back to the system after a burst of connections.
 //! - [`budget`]: the retry budget. [`error`]: errors mapped to HTTP answers.
 
 pub mod admin;
@@ -32,6 +33,7 @@ pub mod dispatch;
 pub mod error;
 pub mod headers;
 pub mod histogram;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod request_body;
@@ -80,6 +82,7 @@ pub async fn run(
         backends.replace(&static_queue(&config.static_backends));
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let trimmer = tokio::spawn(memory::trim_after_bursts(metrics.clone()));
     let stopped = |mut rx: watch::Receiver<bool>| async move { stopped(&mut rx).await };
 
     let agent = config.agent_url.clone().map(|url| {
@@ -94,7 +97,10 @@ pub async fn run(
 
     let dispatch = Arc::new(Dispatcher::new(
         backends,
-        config.connect_timeout,
+        upstream::Dial {
+            connect_timeout: config.connect_timeout,
+            buffer_bytes: config.limits.upstream_buffer_bytes,
+        },
         config.retry_budget,
         metrics.clone(),
     ));
@@ -163,5 +169,6 @@ pub async fn run(
             log::error!("agent link task failed: {e}");
         }
     }
+    trimmer.abort();
     info!("balancer stopped");
 }

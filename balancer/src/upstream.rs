@@ -55,6 +55,19 @@ pub enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
+/// How connections are opened: the connect timeout and the size of each connection's read
+/// buffer (`UPSTREAM_BUFFER_BYTES`). The buffer also bounds a response head, and every body
+/// chunk handed to a slow client is cut from it: with hyper's default (grows to 408 KiB) one
+/// slow reader could pin half a MiB.
+#[derive(Debug, Clone, Copy)]
+pub struct Dial {
+    pub connect_timeout: Duration,
+    pub buffer_bytes: usize,
+}
+
+/// hyper refuses a smaller maximum buffer.
+pub const MIN_BUFFER_BYTES: usize = 8192;
+
 /// A failed exchange. `request` is handed back when nothing was sent (no connection could
 /// be opened): it can go to another backend as it is.
 pub struct Unsent {
@@ -117,7 +130,7 @@ impl ConnPool {
     pub async fn send(
         self: &Arc<Self>,
         address: &str,
-        connect_timeout: Duration,
+        dial: Dial,
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, Unsent> {
         let mut req = req;
@@ -127,7 +140,7 @@ impl ConnPool {
                 Some(l) => l,
                 None => {
                     fresh = true;
-                    match connect(address, connect_timeout).await {
+                    match connect(address, dial).await {
                         Ok(sender) => sender,
                         Err(error) => {
                             return Err(Unsent {
@@ -234,7 +247,8 @@ impl Drop for UpstreamBody {
     }
 }
 
-async fn connect(address: &str, timeout: Duration) -> Result<Sender, UpstreamError> {
+async fn connect(address: &str, dial: Dial) -> Result<Sender, UpstreamError> {
+    let timeout = dial.connect_timeout;
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => {
@@ -252,6 +266,7 @@ async fn connect(address: &str, timeout: Duration) -> Result<Sender, UpstreamErr
     };
     let _ = stream.set_nodelay(true);
     let (sender, conn) = http1::Builder::new()
+        .max_buf_size(dial.buffer_bytes.max(MIN_BUFFER_BYTES))
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| UpstreamError::Connect {

@@ -13,7 +13,7 @@ use log::{debug, info, warn};
 use super::envelope::check_callback;
 use super::{Tasks, X_TASK_ID};
 use crate::request_body::RequestBody;
-use crate::upstream::ConnPool;
+use crate::upstream::{ConnPool, Dial, MIN_BUFFER_BYTES};
 
 /// Attempts per callback.
 pub const ATTEMPTS: u32 = 3;
@@ -81,7 +81,11 @@ impl Tasks {
             if let Ok(v) = HeaderValue::from_str(id) {
                 h.insert(X_TASK_ID.clone(), v);
             }
-            let outcome = tokio::time::timeout(TIMEOUT, pool.send(&addr, TIMEOUT, req)).await;
+            let dial = Dial {
+                connect_timeout: TIMEOUT,
+                buffer_bytes: MIN_BUFFER_BYTES,
+            };
+            let outcome = tokio::time::timeout(TIMEOUT, pool.send(&addr, dial, req)).await;
             let why = match outcome {
                 Ok(Ok(resp)) if resp.status().is_success() => {
                     debug!("task {id}: callback to {url} delivered ({})", resp.status());

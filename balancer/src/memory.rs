@@ -1,0 +1,64 @@
+//! Giving memory back after a burst.
+//!
+//! glibc keeps freed memory in its heaps for reuse: after a thousand slow clients have gone,
+//! the process would keep the RSS they needed. `malloc_trim(0)` hands the free pages back.
+//! It is called when the number of open connections has fallen to half of its peak since
+//! the last trim (a burst ended), checked every second, on a blocking thread. Other
+//! allocators (the optional mimalloc) purge on their own; there this does nothing.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::metrics::Metrics;
+
+/// Bursts smaller than this many connections are not worth a trim.
+const MIN_PEAK: u64 = 64;
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether a burst that peaked at `peak` open connections has ended (`now` open).
+pub fn burst_ended(peak: u64, now: u64) -> bool {
+    peak >= MIN_PEAK && now.saturating_mul(2) <= peak
+}
+
+/// Watches the open connection count and trims after each burst; runs until dropped.
+pub async fn trim_after_bursts(metrics: Arc<Metrics>) {
+    let mut peak = 0;
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    loop {
+        tick.tick().await;
+        let now = metrics.connections_active.load(Ordering::Relaxed);
+        peak = peak.max(now);
+        if burst_ended(peak, now) {
+            log::debug!("connections fell from {peak} to {now}: returning free memory");
+            let _ = tokio::task::spawn_blocking(trim).await;
+            peak = now;
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
+fn trim() {
+    // SAFETY: malloc_trim only walks and releases the allocator's free memory; it takes
+    // the allocator's own locks and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc"))))]
+fn trim() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_only_when_a_real_burst_has_halved() {
+        assert!(!burst_ended(10, 0), "too small to matter");
+        assert!(!burst_ended(1000, 501));
+        assert!(burst_ended(1000, 500));
+        assert!(burst_ended(64, 0));
+        assert!(!burst_ended(0, 0));
+    }
+}
