@@ -115,9 +115,9 @@ PROTOCOLS=h1,h2c
 KEEP_TMP=0
 ALL_PROTOCOLS=(h1 h2c)
 
-log() { printf '[bench-callgrind %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-warn() { log "WARNING: $*"; }
-die() { log "ERROR: $*"; exit 1; }
+BENCH_TAG=bench-callgrind
+# shellcheck source=jobs/lib/bench.sh
+. "$SCRIPT_DIR/lib/bench.sh"
 
 while (($#)); do
     case $1 in
@@ -134,20 +134,8 @@ while (($#)); do
 done
 
 # ---------------------------------------------------------------- validation
-PROTOS=()
-IFS=',' read -r -a _req <<<"$PROTOCOLS"
-for p in "${ALL_PROTOCOLS[@]}"; do          # keep canonical order
-    for o in "${_req[@]}"; do
-        [[ $o == "$p" ]] && PROTOS+=("$p") && break
-    done
-done
-for o in "${_req[@]}"; do
-    [[ " ${ALL_PROTOCOLS[*]} " == *" $o "* ]] || die "unknown protocol '$o' in --protocols (valid: ${ALL_PROTOCOLS[*]})"
-done
-((${#PROTOS[@]})) || die "--protocols selected nothing"
+select_ordered PROTOS "$PROTOCOLS" "protocol in --protocols" "${ALL_PROTOCOLS[@]}"
 
-posint() { [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, got '$2'"; }
-nonneg() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 must be a non-negative integer, got '$2'"; }
 posint REQUESTS "$REQUESTS"
 nonneg WARMUP_REQUESTS "$WARMUP_REQUESTS"
 posint CONNS "$CONNS"

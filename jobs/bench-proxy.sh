@@ -118,9 +118,9 @@ ALL_MODES=(h1 h2c cores2)
 # rest of the run. 1e8 requests per connection is never reached.
 H2_NGINX_KEEPALIVE_REQUESTS=100000000
 
-log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-warn() { log "WARNING: $*"; }
-die() { log "ERROR: $*"; exit 1; }
+BENCH_TAG=bench
+# shellcheck source=jobs/lib/bench.sh
+. "$SCRIPT_DIR/lib/bench.sh"
 
 while (($#)); do
     case $1 in
@@ -138,29 +138,8 @@ while (($#)); do
 done
 
 # ---------------------------------------------------------------- validation
-TARGETS=()
-IFS=',' read -r -a _only <<<"$ONLY"
-for t in "${ALL_TARGETS[@]}"; do          # keep canonical order
-    for o in "${_only[@]}"; do
-        [[ $o == "$t" ]] && TARGETS+=("$t") && break
-    done
-done
-for o in "${_only[@]}"; do
-    [[ " ${ALL_TARGETS[*]} " == *" $o "* ]] || die "unknown target '$o' in --only (valid: ${ALL_TARGETS[*]})"
-done
-((${#TARGETS[@]})) || die "--only selected no target"
-
-MODE_LIST=()
-read -r -a _modes <<<"${MODES//,/ }"
-for m in "${ALL_MODES[@]}"; do            # keep canonical order
-    for o in "${_modes[@]}"; do
-        [[ $o == "$m" ]] && MODE_LIST+=("$m") && break
-    done
-done
-for o in "${_modes[@]}"; do
-    [[ " ${ALL_MODES[*]} " == *" $o "* ]] || die "unknown mode '$o' in MODES/--modes (valid: ${ALL_MODES[*]})"
-done
-((${#MODE_LIST[@]})) || die "MODES/--modes selected no mode"
+select_ordered TARGETS "$ONLY" "target in --only" "${ALL_TARGETS[@]}"
+select_ordered MODE_LIST "${MODES// /,}" "mode in MODES/--modes" "${ALL_MODES[@]}"
 
 dur_seconds() {  # wrk duration syntax -> whole seconds
     local d=$1

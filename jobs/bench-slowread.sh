@@ -32,8 +32,11 @@ AFTER=${AFTER:-30}
 BALANCER_ENV=${BALANCER_ENV:-}
 export PATH="$PATH:/usr/sbin:/sbin"
 
-log() { printf '[slowread %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+BENCH_TAG=bench-slowread
+# shellcheck source=jobs/lib/bench.sh
+. "$SCRIPT_DIR/lib/bench.sh"
+posint CLIENTS "$CLIENTS"
+posint PIPELINED "$PIPELINED"
 
 command -v nginx >/dev/null || die "nginx not found (apt-get install nginx)"
 command -v python3 >/dev/null || die "python3 not found"

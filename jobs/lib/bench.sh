@@ -1,0 +1,36 @@
+# jobs/lib/bench.sh - shell helpers shared by the benchmark scripts (sourced, not run).
+#
+# Set BENCH_TAG before sourcing (the prefix of every log line). Provides:
+#   log / warn / die      timestamped lines on stderr; die exits 1
+#   posint / nonneg NAME VALUE   validate a number or die naming NAME
+#   select_ordered OUT CSV WHAT VALID...   the CSV's items as array OUT, in VALID's order;
+#                         dies on an unknown item or an empty selection
+# shellcheck shell=bash
+
+BENCH_TAG=${BENCH_TAG:-bench}
+
+log() { printf '[%s %(%H:%M:%S)T] %s\n' "$BENCH_TAG" -1 "$*" >&2; }
+warn() { log "WARNING: $*"; }
+die() {
+    log "ERROR: $*"
+    exit 1
+}
+
+posint() { [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, got '$2'"; }
+nonneg() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 must be a non-negative integer, got '$2'"; }
+
+select_ordered() {
+    local -n _selected=$1
+    local csv=$2 what=$3 item valid
+    shift 3
+    local requested=()
+    IFS=',' read -r -a requested <<<"$csv"
+    for item in "${requested[@]}"; do
+        [[ " $* " == *" $item "* ]] || die "unknown $what '$item' (valid: $*)"
+    done
+    _selected=()
+    for valid in "$@"; do
+        [[ " ${requested[*]} " == *" $valid "* ]] && _selected+=("$valid")
+    done
+    ((${#_selected[@]})) || die "no $what selected"
+}
