@@ -105,6 +105,10 @@ CACHE_EXTENSIONS|css,js,mjs,map,png,jpg,jpeg,gif,svg,ico,webp,avif,woff,woff2,tt
 MAX_BODY_BYTES|10MiB|size|advanced|request body limit (then 413)
 MAX_HEADER_BYTES|32KiB|size|advanced|request head limit (then 431), at least 8KiB; also each client connection's write buffer
 MAX_HEADERS|100|count|advanced|header fields per request, HTTP/1.1 and HTTP/2 (then 431)
+H2_MAX_CONCURRENT_STREAMS|256|count|advanced|HTTP/2 streams open at once per client connection
+H2_MAX_PENDING_RESET_STREAMS|20|count|advanced|HTTP/2 streams a client may open and reset before they are served (rapid reset, then GOAWAY)
+H2_MAX_LOCAL_ERROR_RESET_STREAMS|1024|count|advanced|HTTP/2 streams reset for client errors per connection (then GOAWAY)
+H2_MAX_SEND_BUF_BYTES|64KiB|size|advanced|response bytes buffered per HTTP/2 stream for a client whose window is closed
 BUFFER_BODY_BYTES|64KiB|size|advanced|request bodies up to this size are read before a backend connection is taken
 CLIENT_BODY_TIMEOUT|30s|duration|advanced|time to receive a buffered body, longest pause in a streamed one (then 408)
 UPSTREAM_BUFFER_BYTES|16KiB|size|advanced|read buffer per backend connection: bounds a response head and the memory a slow reader pins, at least 8KiB

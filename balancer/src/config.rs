@@ -32,6 +32,10 @@ pub const MAX_BODY_BYTES: &str = "MAX_BODY_BYTES";
 pub const MAX_HEADER_BYTES: &str = "MAX_HEADER_BYTES";
 pub const HEADER_READ_TIMEOUT: &str = "HEADER_READ_TIMEOUT";
 pub const MAX_HEADERS: &str = "MAX_HEADERS";
+pub const H2_MAX_CONCURRENT_STREAMS: &str = "H2_MAX_CONCURRENT_STREAMS";
+pub const H2_MAX_PENDING_RESET_STREAMS: &str = "H2_MAX_PENDING_RESET_STREAMS";
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: &str = "H2_MAX_LOCAL_ERROR_RESET_STREAMS";
+pub const H2_MAX_SEND_BUF_BYTES: &str = "H2_MAX_SEND_BUF_BYTES";
 pub const BUFFER_BODY_BYTES: &str = "BUFFER_BODY_BYTES";
 pub const CLIENT_BODY_TIMEOUT: &str = "CLIENT_BODY_TIMEOUT";
 pub const UPSTREAM_BUFFER_BYTES: &str = "UPSTREAM_BUFFER_BYTES";
@@ -158,6 +162,18 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// HTTP/2 streams a client may have open at once on one connection (advertised in
+    /// SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may open and reset before they are served (rapid reset,
+    /// CVE-2023-44487); more gets the connection a GOAWAY (ENHANCE_YOUR_CALM).
+    pub h2_max_pending_reset_streams: usize,
+    /// HTTP/2 streams the server may reset because of client errors before it sends a
+    /// GOAWAY (ENHANCE_YOUR_CALM).
+    pub h2_max_local_error_reset_streams: usize,
+    /// Response bytes buffered per HTTP/2 stream waiting for the client's flow-control
+    /// window: bounds what a slow (or zero-window) reader pins.
+    pub h2_max_send_buf_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -265,6 +281,10 @@ impl Config {
             header_read_timeout: r.duration(HEADER_READ_TIMEOUT, Duration::from_secs(10)),
             idle_timeout: r.duration(IDLE_TIMEOUT, Duration::from_secs(60)),
             max_connections: r.count(MAX_CONNECTIONS, 10_000, 1) as usize,
+            h2_max_concurrent_streams: r.count(H2_MAX_CONCURRENT_STREAMS, 256, 1),
+            h2_max_pending_reset_streams: r.count(H2_MAX_PENDING_RESET_STREAMS, 20, 1),
+            h2_max_local_error_reset_streams: r.count(H2_MAX_LOCAL_ERROR_RESET_STREAMS, 1024, 1),
+            h2_max_send_buf_bytes: r.bytes(H2_MAX_SEND_BUF_BYTES, 64 << 10).max(1) as usize,
         };
         let shutdown_grace = r.duration(SHUTDOWN_GRACE, Duration::from_secs(30));
         let retry_budget = r.get(RETRY_BUDGET, 0.2, "a number between 0 and 1", |v| {
@@ -476,6 +496,43 @@ mod tests {
         assert_eq!((t.max_body_bytes, t.max_result_bytes), (8 << 20, 8 << 20));
         assert_eq!(t.idempotency_ttl.as_secs(), 86_400);
         assert!(t.callback_allow.is_empty());
+        let l = &c.limits;
+        assert_eq!(l.h2_max_concurrent_streams, 256);
+        assert_eq!(l.h2_max_pending_reset_streams, 20);
+        assert_eq!(l.h2_max_local_error_reset_streams, 1024);
+        assert_eq!(l.h2_max_send_buf_bytes, 64 << 10);
+    }
+
+    #[test]
+    fn h2_limits() {
+        let c = parse(&[
+            (H2_MAX_CONCURRENT_STREAMS, "10"),
+            (H2_MAX_PENDING_RESET_STREAMS, "5"),
+            (H2_MAX_LOCAL_ERROR_RESET_STREAMS, "50"),
+            (H2_MAX_SEND_BUF_BYTES, "16KiB"),
+        ])
+        .unwrap();
+        let l = &c.limits;
+        assert_eq!(l.h2_max_concurrent_streams, 10);
+        assert_eq!(l.h2_max_pending_reset_streams, 5);
+        assert_eq!(l.h2_max_local_error_reset_streams, 50);
+        assert_eq!(l.h2_max_send_buf_bytes, 16 << 10);
+        let err = parse(&[
+            (H2_MAX_CONCURRENT_STREAMS, "0"),
+            (H2_MAX_PENDING_RESET_STREAMS, "-1"),
+            (H2_MAX_LOCAL_ERROR_RESET_STREAMS, "x"),
+            (H2_MAX_SEND_BUF_BYTES, "lots"),
+        ])
+        .unwrap_err()
+        .to_string();
+        for name in [
+            H2_MAX_CONCURRENT_STREAMS,
+            H2_MAX_PENDING_RESET_STREAMS,
+            H2_MAX_LOCAL_ERROR_RESET_STREAMS,
+            H2_MAX_SEND_BUF_BYTES,
+        ] {
+            assert!(err.contains(name), "{name} not reported: {err}");
+        }
     }
 
     #[test]

@@ -42,7 +42,15 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        // Rapid reset (streams opened and cancelled before they are served) and streams
+        // the server had to reset for client errors: past these counts the connection
+        // gets a GOAWAY (ENHANCE_YOUR_CALM).
+        .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+        // Response bytes queued per stream ahead of the client's flow-control window
+        // (hyper's default is 400 KiB); with a closed window the body is not read at all.
+        .max_send_buf_size(limits.h2_max_send_buf_bytes)
         // No server pings: hyper sends them even on idle connections, and each one counts
         // as activity for `IdleTimeout`, so with IDLE_TIMEOUT > the ping interval an idle
         // h2 client was never closed. A dead peer is caught by `IdleTimeout` instead.
