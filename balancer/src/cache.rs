@@ -37,11 +37,13 @@ pub struct CachePolicy {
 fn cache_control_directives(
     headers: &HeaderMap,
 ) -> impl Iterator<Item = (String, Option<String>)> + '_ {
+    // Read lossily: a non-ASCII byte in one directive's value must not hide the others
+    // (found by fuzzing: `private, x=\xff` was stored as if public).
     headers
         .get_all(header::CACHE_CONTROL)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .flat_map(|v| v.split(',').map(str::to_owned).collect::<Vec<_>>())
         .filter_map(|d| {
             let d = d.trim();
             if d.is_empty() {
@@ -440,6 +442,25 @@ mod tests {
             "too big"
         );
         assert_eq!(p.ttl(ok, &headers(&[]), false), None, "unknown length");
+    }
+
+    #[test]
+    fn a_non_ascii_byte_does_not_hide_private() {
+        // Regression: fuzz/artifacts/cache_policy (cargo-fuzz target `cache_policy`).
+        let mut h = headers(&[("content-length", "10")]);
+        h.insert(
+            header::CACHE_CONTROL,
+            http::HeaderValue::from_bytes(b"private, x=\xff").unwrap(),
+        );
+        assert_eq!(policy().ttl(StatusCode::OK, &h, false), None);
+        let mut req = headers(&[]);
+        req.insert(
+            header::CACHE_CONTROL,
+            http::HeaderValue::from_bytes(b"no-cache, x=\xff").unwrap(),
+        );
+        assert!(policy()
+            .key(&Method::GET, &"/a.css".parse().unwrap(), &req)
+            .is_none());
     }
 
     #[test]

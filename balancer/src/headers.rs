@@ -41,16 +41,18 @@ pub fn accepts_trailers(headers: &HeaderMap) -> bool {
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// The tokens of every `Connection` line, as bytes: a value with a non-ASCII byte somewhere
+/// must not hide the names next to it (found by fuzzing: `Connection: foo, \xff` let `foo`
+/// through).
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
 }
 
@@ -73,9 +75,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if found[..n].contains(&Some(&header::CONNECTION)) {
         // Fields named by `Connection` go too (`keep-alive` is removed below anyway).
         let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
-            .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive"))
+            .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case(b"upgrade")))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -223,6 +225,21 @@ pub(crate) mod tests {
         add_forwarded(&mut fresh, "::1".parse().unwrap(), None);
         assert_eq!(fresh["x-forwarded-for"], "::1");
         assert!(!fresh.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn a_non_ascii_byte_does_not_hide_the_other_connection_names() {
+        // Regression: fuzz/artifacts/headers (cargo-fuzz target `headers`).
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"foo, \xff").unwrap(),
+        );
+        h.insert("foo", HeaderValue::from_static("bar"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 
     #[test]
