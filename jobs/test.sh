@@ -10,7 +10,10 @@
 #     deployment-agent, playground); the playground image is what the agent's Docker tests
 #     run (RUSTYBALANCER_TEST_IMAGE, unless that is already set), all three are what the
 #     end-to-end test runs.
-# After the cargo tests, the end-to-end test (jobs/e2e.sh --no-build, about 1 minute):
+# After the cargo tests, a short fuzz run (jobs/fuzz.sh 3: every cargo-fuzz target for 3 s,
+# non-zero on a crash; the first build of the instrumented targets takes about 8 minutes,
+# later ones reuse ~/.cache/rustybalancer/fuzz-target), then the end-to-end test
+# (jobs/e2e.sh --no-build, about 1 minute):
 # the slim stack started with jobs/run.sh, checked through its published ports; then the
 # fault-injection suite (jobs/chaos.sh, about 4½ minutes): agent restarts and crashes, Redis
 # down or flushed, Docker cut or hung, each under a trickle of requests that must all succeed.
@@ -155,5 +158,7 @@ log "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "cargo test --workspace"
 cargo test --workspace "$@"
+log "fuzzing: every target for 3 s (jobs/fuzz.sh 3)"
+jobs/fuzz.sh 3 || die "a fuzz target crashed (see fuzz/artifacts/)"
 run_e2e
 log "all tests passed in $((SECONDS / 60))m$((SECONDS % 60))s"
