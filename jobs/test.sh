@@ -11,7 +11,7 @@
 #     run (RUSTYBALANCER_TEST_IMAGE, unless that is already set), all three are what the
 #     end-to-end test runs.
 # After the cargo tests, a short fuzz run (jobs/fuzz.sh 3: every cargo-fuzz target for 3 s,
-# non-zero on a crash; the first build of the instrumented targets takes about 8 minutes,
+# non-zero on a crash; the first build of the instrumented targets takes about 2½ minutes,
 # later ones reuse ~/.cache/rustybalancer/fuzz-target), then the end-to-end test
 # (jobs/e2e.sh --no-build, about 1 minute):
 # the slim stack started with jobs/run.sh, checked through its published ports; then the
