@@ -15,24 +15,10 @@ use std::time::Duration;
 
 use balancer::cache::CachePolicy;
 use balancer::config::CacheConfig;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::HeaderMap;
 use http::{Method, StatusCode, Uri};
 use libfuzzer_sys::fuzz_target;
-
-fn header_map(lines: &[&[u8]]) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for line in lines {
-        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
-        let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(&line[..colon]),
-            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
-        ) else {
-            continue;
-        };
-        h.append(n, v);
-    }
-    h
-}
+use rustybalancer_fuzz::header_map;
 
 /// Cache-Control directive names, lower-cased, from the raw bytes.
 fn directives(h: &HeaderMap) -> Vec<(String, Option<String>)> {
@@ -44,7 +30,10 @@ fn directives(h: &HeaderMap) -> Vec<(String, Option<String>)> {
         .map(|d| {
             let d = String::from_utf8_lossy(d);
             match d.split_once('=') {
-                Some((n, v)) => (n.trim().to_ascii_lowercase(), Some(v.trim().trim_matches('"').to_string())),
+                Some((n, v)) => (
+                    n.trim().to_ascii_lowercase(),
+                    Some(v.trim().trim_matches('"').to_string()),
+                ),
                 None => (d.to_ascii_lowercase(), None),
             }
         })
@@ -74,15 +63,23 @@ fuzz_target!(|data: &[u8]| {
     let target = lines.next().unwrap_or_default();
     let rest: Vec<&[u8]> = lines.collect();
     let split = rest.iter().position(|l| *l == b"---").unwrap_or(rest.len());
-    let req = header_map(&rest[..split]);
-    let resp = header_map(rest.get(split + 1..).unwrap_or_default());
+    let req = header_map(rest[..split].iter().copied());
+    let resp = header_map(rest.get(split + 1..).unwrap_or_default().iter().copied());
 
-    let Ok(uri) = Uri::try_from(target) else { return };
+    let Ok(uri) = Uri::try_from(target) else {
+        return;
+    };
     let path = uri.path();
     if policy.is_static(path) {
         let last = path.rsplit('/').next().unwrap_or("");
-        let ext = last.rsplit_once('.').map(|(_, e)| e).expect("a static path has a dot");
-        assert!(cfg.extensions.iter().any(|e| e.eq_ignore_ascii_case(ext)), "{path}");
+        let ext = last
+            .rsplit_once('.')
+            .map(|(_, e)| e)
+            .expect("a static path has a dot");
+        assert!(
+            cfg.extensions.iter().any(|e| e.eq_ignore_ascii_case(ext)),
+            "{path}"
+        );
     }
     let method = match flags & 6 {
         0 => Method::GET,
@@ -95,14 +92,26 @@ fuzz_target!(|data: &[u8]| {
         assert!(policy.is_static(path));
         assert!(!req.contains_key("authorization"));
         for (n, v) in directives(&req) {
-            assert!(n != "no-cache" && n != "no-store", "request {n} but key {key:?}: {req:?}");
-            assert!(!(n == "max-age" && v.as_deref() == Some("0")), "max-age=0 but key {key:?}");
+            assert!(
+                n != "no-cache" && n != "no-store",
+                "request {n} but key {key:?}: {req:?}"
+            );
+            assert!(
+                !(n == "max-age" && v.as_deref() == Some("0")),
+                "max-age=0 but key {key:?}"
+            );
         }
-        assert!(!req.get("pragma").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache")));
+        assert!(!req
+            .get("pragma")
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache")));
     }
 
     let credentialed = CachePolicy::credentialed(&req) || flags & 8 != 0;
-    let status = if flags & 16 != 0 { StatusCode::NOT_FOUND } else { StatusCode::OK };
+    let status = if flags & 16 != 0 {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    };
     if let Some(ttl) = policy.ttl(status, &resp, credentialed) {
         assert!(!ttl.is_zero() && ttl <= max_ttl, "{ttl:?} > {max_ttl:?}");
         assert_eq!(status, StatusCode::OK);

@@ -14,8 +14,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use balancer::headers::{accepts_trailers, add_forwarded, is_upgrade, strip_hop_by_hop};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
+use rustybalancer_fuzz::header_map;
 
 const HOP: [&str; 7] = [
     "connection",
@@ -26,21 +27,6 @@ const HOP: [&str; 7] = [
     "proxy-authorization",
     "proxy-authenticate",
 ];
-
-fn header_map(data: &[u8]) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for line in data.split(|b| *b == b'\n') {
-        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
-        let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(&line[..colon]),
-            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
-        ) else {
-            continue;
-        };
-        h.append(n, v);
-    }
-    h
-}
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 17 {
@@ -53,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         IpAddr::V4(Ipv4Addr::new(data[1], data[2], data[3], data[4]))
     };
-    let orig = header_map(&data[17..]);
+    let orig = header_map(data[17..].split(|b| *b == b'\n'));
 
     if is_upgrade(&orig) {
         assert!(orig.contains_key("upgrade"));
@@ -104,11 +90,16 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     for name in h.keys() {
-        assert!(orig.contains_key(name) || name == "connection", "{name} appeared");
+        assert!(
+            orig.contains_key(name) || name == "connection",
+            "{name} appeared"
+        );
     }
 
     // X-Forwarded-*.
-    let host = (flags & 4 != 0).then(|| orig.get("host").cloned()).flatten();
+    let host = (flags & 4 != 0)
+        .then(|| orig.get("host").cloned())
+        .flatten();
     let before = orig.get("x-forwarded-for").cloned();
     let mut f = orig.clone();
     add_forwarded(&mut f, client, host.as_ref());
@@ -122,6 +113,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert_eq!(f.get_all("x-forwarded-for").iter().count(), 1);
-    assert_eq!(f.get("x-forwarded-proto").map(|v| v.as_bytes()), Some(&b"http"[..]));
+    assert_eq!(
+        f.get("x-forwarded-proto").map(|v| v.as_bytes()),
+        Some(&b"http"[..])
+    );
     assert_eq!(f.get("x-forwarded-host"), host.as_ref());
 });

@@ -8,9 +8,9 @@
 //! is h2c.
 #![no_main]
 use balancer::strict::{check, upgrade_is_h2c_only};
-use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use libfuzzer_sys::fuzz_target;
+use rustybalancer_fuzz::header_map;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
@@ -28,22 +28,15 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => (&first[..i], &first[i + 1..]),
         None => (&b"GET"[..], first),
     };
-    let Ok(method) = Method::from_bytes(m) else { return };
+    let Ok(method) = Method::from_bytes(m) else {
+        return;
+    };
     let Ok(uri) = Uri::try_from(u) else { return };
     let mut req = Request::new(());
     *req.method_mut() = method.clone();
     *req.uri_mut() = uri.clone();
     *req.version_mut() = version;
-    for line in lines {
-        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
-        let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(&line[..colon]),
-            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
-        ) else {
-            continue;
-        };
-        req.headers_mut().append(n, v);
-    }
+    *req.headers_mut() = header_map(lines);
     let before = req.headers().clone();
 
     if upgrade_is_h2c_only(req.headers()) {
@@ -66,7 +59,10 @@ fuzz_target!(|data: &[u8]| {
     let hosts: Vec<_> = req.headers().get_all("host").iter().collect();
     assert!(hosts.len() <= 1, "{hosts:?}");
     if let Some(auth) = uri.authority() {
-        let want = auth.as_str().rsplit_once('@').map_or(auth.as_str(), |(_, h)| h);
+        let want = auth
+            .as_str()
+            .rsplit_once('@')
+            .map_or(auth.as_str(), |(_, h)| h);
         assert_eq!(hosts.len(), 1, "{uri} {hosts:?}");
         assert_eq!(hosts[0].as_bytes(), want.as_bytes(), "{uri}");
     } else if version == Version::HTTP_11 {
@@ -74,7 +70,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(h) = hosts.first() {
         // The one Host forwarded is a usable host[:port].
-        assert!(!h.is_empty() && !h.as_bytes().contains(&b'@'), "Host {h:?} from {uri}");
+        assert!(
+            !h.is_empty() && !h.as_bytes().contains(&b'@'),
+            "Host {h:?} from {uri}"
+        );
     }
     let codings: Vec<&[u8]> = before
         .get_all("transfer-encoding")

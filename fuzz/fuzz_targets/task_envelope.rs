@@ -47,7 +47,12 @@ fuzz_target!(|data: &[u8]| {
             .headers
             .get_all(name)
             .iter()
-            .map(|v| Value::String(String::from_utf8(v.as_bytes().to_vec()).expect("accepted values came from JSON text")))
+            .map(|v| {
+                Value::String(
+                    String::from_utf8(v.as_bytes().to_vec())
+                        .expect("accepted values came from JSON text"),
+                )
+            })
             .collect();
         headers.insert(name.as_str().to_string(), Value::Array(values));
     }
@@ -72,7 +77,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let text = serde_json::to_vec(&obj).unwrap();
     let back = parse(&text).unwrap_or_else(|err| {
-        panic!("re-encoded envelope refused: {err}: {}", String::from_utf8_lossy(&text))
+        panic!(
+            "re-encoded envelope refused: {err}: {}",
+            String::from_utf8_lossy(&text)
+        )
     });
     assert_eq!(back.method, e.method);
     assert_eq!(back.path, e.path);
@@ -80,6 +88,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(back.body, e.body);
     assert_eq!(back.max_attempts, e.max_attempts);
     assert_eq!(back.callback_url, e.callback_url);
-    assert!(close(back.timeout, e.timeout), "{:?} {:?}", back.timeout, e.timeout);
+    assert!(
+        close(back.timeout, e.timeout),
+        "{:?} {:?}",
+        back.timeout,
+        e.timeout
+    );
     assert!(close(back.delay, e.delay), "{:?} {:?}", back.delay, e.delay);
 });

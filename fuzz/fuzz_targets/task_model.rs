@@ -22,13 +22,7 @@ use http::HeaderValue;
 use libfuzzer_sys::fuzz_target;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-
-fn u64_from(data: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = data.len().min(8);
-    b[..n].copy_from_slice(&data[..n]);
-    u64::from_le_bytes(b)
-}
+use rustybalancer_fuzz::u64_from;
 
 fuzz_target!(|data: &[u8]| {
     let n = u64_from(data);
@@ -42,14 +36,29 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // A stored request: fields separated by 0xFF (absent when the part is "\x00").
-    let mut parts = data.split(|b| *b == 0xff).map(|p| (p != b"\x00").then(|| p.to_vec()));
+    let mut parts = data
+        .split(|b| *b == 0xff)
+        .map(|p| (p != b"\x00").then(|| p.to_vec()));
     let id = String::from_utf8_lossy(&parts.next().flatten().unwrap_or_default()).into_owned();
-    let fields = [parts.next().flatten(), parts.next().flatten(), parts.next().flatten(), parts.next().flatten(), parts.next().flatten()];
+    let fields = [
+        parts.next().flatten(),
+        parts.next().flatten(),
+        parts.next().flatten(),
+        parts.next().flatten(),
+        parts.next().flatten(),
+    ];
     let attempt = (n >> 32) as u32;
-    if let Ok((out, _body, _timeout)) = parse_request(&id, attempt, fields, Duration::from_secs(60)) {
-        assert_eq!(out.headers.get("x-task-id").map(|v| v.as_bytes()), Some(id.as_bytes()));
+    if let Ok((out, _body, _timeout)) = parse_request(&id, attempt, fields, Duration::from_secs(60))
+    {
+        assert_eq!(
+            out.headers.get("x-task-id").map(|v| v.as_bytes()),
+            Some(id.as_bytes())
+        );
         let attempt_text = attempt.to_string();
-        assert_eq!(out.headers.get("x-task-attempt").map(|v| v.as_bytes()), Some(attempt_text.as_bytes()));
+        assert_eq!(
+            out.headers.get("x-task-attempt").map(|v| v.as_bytes()),
+            Some(attempt_text.as_bytes())
+        );
         assert_eq!(out.headers.get_all("x-task-id").iter().count(), 1);
     }
 
@@ -87,19 +96,37 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(stamp.len(), 24, "{stamp}");
     }
     if let Ok(v) = HeaderValue::from_bytes(data) {
-        let _ = parse_retry_after(&v, SystemTime::UNIX_EPOCH + Duration::from_secs(n % (1 << 40)));
+        let _ = parse_retry_after(
+            &v,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(n % (1 << 40)),
+        );
     }
 
     // Callback URLs against an allow-list taken from the first line.
     let (allow, url) = text.split_once('\n').unwrap_or(("", &text));
-    let allow: Vec<String> = allow.split(',').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect();
+    let allow: Vec<String> = allow
+        .split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect();
     if let Ok((host_port, path)) = check_callback(url, &allow, "callback_url") {
-        assert!(url.len() > 7 && url[..7].eq_ignore_ascii_case("http://"), "{url}");
+        assert!(
+            url.len() > 7 && url[..7].eq_ignore_ascii_case("http://"),
+            "{url}"
+        );
         let rest = &url[7..];
         let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        assert!(!rest[..auth_end].contains('@'), "credentials accepted: {url}");
-        let host = host_port.rsplit_once(':').map_or(host_port.as_str(), |(h, _)| h);
-        assert!(allow.iter().any(|a| *a == host_port || a == host), "{url} -> {host_port}");
+        assert!(
+            !rest[..auth_end].contains('@'),
+            "credentials accepted: {url}"
+        );
+        let host = host_port
+            .rsplit_once(':')
+            .map_or(host_port.as_str(), |(h, _)| h);
+        assert!(
+            allow.iter().any(|a| *a == host_port || a == host),
+            "{url} -> {host_port}"
+        );
         assert!(path.as_str().starts_with('/'), "{path}");
     }
 });

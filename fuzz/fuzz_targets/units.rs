@@ -7,13 +7,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use protocol::units::{parse_bytes, parse_duration};
-
-fn u64_from(data: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = data.len().min(8);
-    b[..n].copy_from_slice(&data[..n]);
-    u64::from_le_bytes(b)
-}
+use rustybalancer_fuzz::u64_from;
 
 fuzz_target!(|data: &[u8]| {
     // Arbitrary text.
@@ -22,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
     let b = parse_bytes(&text);
     assert_eq!(parse_duration(&format!("  {text}\t")), d);
     assert_eq!(parse_bytes(&format!(" {text} ")), b);
-    assert_eq!(parse_bytes(&text.to_ascii_uppercase()), b, "units are case-insensitive");
+    assert_eq!(
+        parse_bytes(&text.to_ascii_uppercase()),
+        b,
+        "units are case-insensitive"
+    );
     if let Some(d) = d {
         // Negative numbers are refused, so a parsed duration came from digits.
         assert!(!text.trim_start().starts_with('-'), "{text:?} -> {d:?}");
@@ -32,12 +30,24 @@ fuzz_target!(|data: &[u8]| {
     let n = u64_from(data);
     // Whole seconds up to 2^53 are exact in f64.
     let secs = n & ((1 << 53) - 1);
-    assert_eq!(parse_duration(&secs.to_string()), Some(Duration::from_secs(secs)));
-    assert_eq!(parse_duration(&format!("{secs}s")), Some(Duration::from_secs(secs)));
+    assert_eq!(
+        parse_duration(&secs.to_string()),
+        Some(Duration::from_secs(secs))
+    );
+    assert_eq!(
+        parse_duration(&format!("{secs}s")),
+        Some(Duration::from_secs(secs))
+    );
     let mins = secs / 60;
-    assert_eq!(parse_duration(&format!("{mins}m")), Some(Duration::from_secs(mins * 60)));
+    assert_eq!(
+        parse_duration(&format!("{mins}m")),
+        Some(Duration::from_secs(mins * 60))
+    );
     let hours = secs / 3600;
-    assert_eq!(parse_duration(&format!("{hours}h")), Some(Duration::from_secs(hours * 3600)));
+    assert_eq!(
+        parse_duration(&format!("{hours}h")),
+        Some(Duration::from_secs(hours * 3600))
+    );
     // Milliseconds: exact while ms/1000 keeps sub-nanosecond precision in f64 (< 2^32 ms,
     // about 49 days, covers every configured timeout).
     let ms = n & 0xffff_ffff;
@@ -60,6 +70,10 @@ fuzz_target!(|data: &[u8]| {
     ] {
         let s = format!("{n}{unit}");
         assert_eq!(parse_bytes(&s), n.checked_mul(mult), "{s}");
-        assert_eq!(parse_bytes(&s.to_ascii_lowercase()), n.checked_mul(mult), "{s}");
+        assert_eq!(
+            parse_bytes(&s.to_ascii_lowercase()),
+            n.checked_mul(mult),
+            "{s}"
+        );
     }
 });

@@ -6,8 +6,12 @@ use libfuzzer_sys::fuzz_target;
 use protocol::Message;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(msg) = Message::decode(text) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(msg) = Message::decode(text) else {
+        return;
+    };
     let once = msg.encode();
     let again = Message::decode(&once)
         .unwrap_or_else(|e| panic!("re-encoded frame does not decode: {e}: {once}"));
