@@ -18,6 +18,7 @@ pub mod config;
 pub mod docker;
 pub mod host;
 pub mod lifecycle;
+pub mod metrics;
 pub mod model;
 pub mod probe;
 pub mod push;
