@@ -1232,6 +1232,30 @@ async fn listing_pages_newest_first_and_filters() {
     let (_, body) = get(&b.url("/_tasks?status=queued")).await;
     assert_eq!(json_of(&body)["tasks"], json!([]));
 
+    // The counts per status agree with the listings.
+    let (resp, body) = get(&b.url("/_tasks/stats")).await;
+    assert_eq!(resp.status(), 200, "{body:?}");
+    let stats = json_of(&body);
+    assert_eq!(
+        stats["by_status"],
+        json!({"queued": 0, "running": 0, "succeeded": 3, "failed": 2, "dead": 0, "cancelled": 0}),
+        "{stats}"
+    );
+    assert_eq!(
+        (&stats["queued"], &stats["running"]),
+        (&json!(0), &json!(0))
+    );
+    assert!(stats["oldest_queued_age_s"].is_null(), "{stats}");
+    let resp = c
+        .request(
+            Request::post(b.url("/_tasks/stats"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+
     for (q, field) in [
         ("status=bogus", "status"),
         ("limit=0", "limit"),

@@ -2,13 +2,18 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /` | the dashboard (one HTML page polling the JSON endpoints) |
-//! | `GET /stats` | array of containers with sub-scores, overall score, category, in-flight |
+//! | `GET /` | the dashboard (one HTML page fed by `/stream`) |
+//! | `GET /stats` | array of containers with sub-scores, overall score, category, weight, traffic |
+//! | `GET /history` | the last 10 minutes: one pool sample per round, scaling marks |
+//! | `GET /stream` | server-sent events: one `tick` per round (health, stats, sample, new events) |
+//! | `GET /tasks/overview` | task queue figures and the latest tasks, from `BALANCER_URL`'s task API |
+//! | `GET /tasks/{id}`, `GET /tasks/{id}/result` | that task's status or result, relayed from the balancer |
 //! | `GET /queue` | the queue as last published to balancers (same JSON as the wire frame) |
 //! | `GET /events?limit=N` | recorded decisions and lifecycle events, newest first |
 //! | `GET /health` | `{"status":"ok"|"degraded", docker, redis, …}`; 200 while the agent runs |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /scale` | `{"desired": n}` → clamped to `DEFAULT_CONTAINER..=MAX_CONTAINERS`; needs the token when `AGENT_TOKEN` is set |
+//! | `POST /sundown` | `{"name": "…"}` (name or id) → that container drains and stops, one fewer desired; token as `/scale` |
 //!
 //! Every error is JSON `{"error": "...", "message": "..."}`.
 
@@ -19,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -31,9 +36,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
+use crate::history::Tick;
+use crate::live::{Live, SseBody};
 use crate::push::{QueueFrame, Reports};
-use crate::reconcile::{Command, Snapshot};
+use crate::reconcile::{Command, Snapshot, SundownRefused};
 use crate::store::Store;
+use crate::task_view::{self, TaskApi};
 
 /// Largest request body accepted (`POST /scale` bodies are tiny).
 const MAX_BODY: usize = 16 * 1024;
@@ -49,9 +57,17 @@ pub struct ApiState {
     pub store: Store,
     pub commands: mpsc::Sender<Command>,
     pub bounds: (usize, usize),
+    /// History and the `/stream` fan-out.
+    pub live: Arc<Live>,
+    /// A balancer's task API (`BALANCER_URL`), for the dashboard's task panel.
+    pub tasks: Option<TaskApi>,
+    /// Flips when the agent stops (ends the streams).
+    pub stop: watch::Receiver<bool>,
 }
 
 type Resp = Response<Full<Bytes>>;
+/// Every answer is a whole body but `/stream`'s.
+pub type ApiBody = Either<Full<Bytes>, SseBody>;
 
 /// Concurrent API connections; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;
@@ -70,6 +86,14 @@ pub async fn serve(listener: TcpListener, state: ApiState, shutdown: watch::Rece
             .timer(hyper_util::rt::TokioTimer::new());
         b
     };
+    tokio::spawn({
+        let state = state.clone();
+        state.live.clone().record(
+            state.snapshot.clone(),
+            shutdown.clone(),
+            move |snap, tick| tick_event(snap, tick, &state),
+        )
+    });
     let acceptor = Acceptor::new("http api", listener, MAX_CONNECTIONS, IDLE_TIMEOUT);
     if let Ok(addr) = acceptor.local_addr() {
         info!("http api listening on {addr}");
@@ -110,8 +134,12 @@ pub async fn serve(listener: TcpListener, state: ApiState, shutdown: watch::Rece
 }
 
 /// Answers one request.
-pub async fn handle(req: Request<Incoming>, state: &ApiState) -> Resp {
-    let mut resp = route(req, state).await;
+pub async fn handle(req: Request<Incoming>, state: &ApiState) -> Response<ApiBody> {
+    let mut resp = if req.method() == Method::GET && req.uri().path() == "/stream" {
+        stream(state)
+    } else {
+        route(req, state).await.map(Either::Left)
+    };
     let h = resp.headers_mut();
     h.insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -149,7 +177,17 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Resp {
             );
             r
         }
-        ("/stats", true) => stats(&state.snapshot.borrow()),
+        ("/stats", true) => json_resp(StatusCode::OK, &stats_json(&state.snapshot.borrow())),
+        ("/history", true) => json_resp(StatusCode::OK, &state.live.history_json()),
+        ("/tasks/overview", true) => json_resp(
+            StatusCode::OK,
+            &match &state.tasks {
+                Some(api) => api.overview().await,
+                None => task_view::disabled(
+                    "BALANCER_URL is not set: the agent does not know a balancer's task API",
+                ),
+            },
+        ),
         ("/queue", true) => match state.queue.borrow().as_ref().map(|f| f.text.clone()) {
             Some(text) => raw_json(StatusCode::OK, Bytes::copy_from_slice(text.as_bytes())),
             None => raw_json(
@@ -160,12 +198,18 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Resp {
             ),
         },
         ("/events", true) => events(req.uri().query(), state).await,
-        ("/health", true) => health(&state.snapshot.borrow(), &state.reports),
+        ("/health", true) => json_resp(StatusCode::OK, &health_json(&state.snapshot.borrow(), state)),
         ("/metrics", true) => metrics(&state.snapshot.borrow(), &state.reports),
         ("/scale", false) if method == Method::POST => scale(req, state).await,
-        ("/" | "/dashboard" | "/stats" | "/queue" | "/events" | "/health" | "/metrics", false)
-        | ("/scale", _) => {
-            let allow = if path == "/scale" {
+        ("/sundown", false) if method == Method::POST => sundown(req, state).await,
+        (p, true) if p.starts_with("/tasks/") => task(&p["/tasks/".len()..], state).await,
+        (
+            "/" | "/dashboard" | "/stats" | "/queue" | "/events" | "/health" | "/metrics"
+            | "/history" | "/stream" | "/tasks/overview",
+            false,
+        )
+        | ("/scale" | "/sundown", _) => {
+            let allow = if path == "/scale" || path == "/sundown" {
                 "POST, OPTIONS"
             } else {
                 "GET, HEAD, OPTIONS"
@@ -191,7 +235,9 @@ pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-fn stats(snap: &Snapshot) -> Resp {
+/// The `/stats` rows.
+fn stats_json(snap: &Snapshot) -> serde_json::Value {
+    let total_weight: f64 = snap.containers.iter().filter_map(|v| v.weight).sum();
     let rows: Vec<serde_json::Value> = snap
         .containers
         .iter()
@@ -209,6 +255,12 @@ fn stats(snap: &Snapshot) -> Resp {
                 "availability_score": s.map(|s| s.availability),
                 "overall_score": s.map(|s| s.overall),
                 "utilization_category": c.category,
+                "state": c.category,
+                "weight": v.weight.map(round3),
+                "weight_share": v.weight.map(|w| {
+                    if total_weight > 0.0 { round3(w / total_weight) } else { 0.0 }
+                }),
+                "uptime_s": round3(snap.at_ms.saturating_sub(c.created_ms) as f64 / 1000.0),
                 "in_flight": v.in_flight,
                 "requests_per_s": v.traffic.map(|t| round3(t.requests_per_s)),
                 "latency_p50_ms": v.traffic.and_then(|t| t.latency_p50_ms).map(round3),
@@ -222,7 +274,7 @@ fn stats(snap: &Snapshot) -> Resp {
             })
         })
         .collect();
-    json_resp(StatusCode::OK, &serde_json::Value::Array(rows))
+    serde_json::Value::Array(rows)
 }
 
 async fn events(query: Option<&str>, state: &ApiState) -> Resp {
@@ -265,24 +317,92 @@ async fn events(query: Option<&str>, state: &ApiState) -> Resp {
     }
 }
 
-fn health(snap: &Snapshot, reports: &Reports) -> Resp {
+/// The `/health` document.
+fn health_json(snap: &Snapshot, state: &ApiState) -> serde_json::Value {
     let ok = snap.docker_ok && snap.redis_ok && snap.image_ready;
-    json_resp(
-        StatusCode::OK,
-        &json!({
+    let sundown = snap
+        .containers
+        .iter()
+        .filter(|v| !v.container.is_active())
+        .count();
+    json!({
             "status": if ok { "ok" } else { "degraded" },
+            "at_ms": snap.at_ms,
             "docker": snap.docker_ok,
             "redis": snap.redis_ok,
             "image_ready": snap.image_ready,
             "desired": snap.desired,
             "active": snap.active,
             "queue_version": snap.queue_version,
-            "balancers": reports.connected(),
+            "sundown": sundown,
+            "min": state.bounds.0,
+            "max": state.bounds.1,
+            "balancers": state.reports.connected(),
             "host_saturated": snap.host_saturated,
             "host_cpu_busy": snap.host_busy.map(round3),
             "task_queue_depth": snap.task_queue_depth,
-        }),
-    )
+            "token_required": state.token.is_some(),
+            "tasks": state.tasks.is_some(),
+    })
+}
+
+/// The `tick` event of `/stream` for one round.
+fn tick_event(snap: &Snapshot, tick: &Tick, state: &ApiState) -> Bytes {
+    let data = json!({
+        "health": health_json(snap, state),
+        "stats": stats_json(snap),
+        "sample": tick.sample,
+        "events": tick.events,
+    });
+    crate::live::event("tick", &data.to_string())
+}
+
+/// `GET /stream`: server-sent events until the client or the agent goes.
+fn stream(state: &ApiState) -> Response<ApiBody> {
+    match state.live.subscribe(state.stop.clone()) {
+        Some(body) => {
+            let mut r = Response::new(Either::Right(body));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            // Tells a buffering reverse proxy (nginx) to pass events through at once.
+            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            r
+        }
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            &format!(
+                "{} event streams are open already; poll /stats and /health instead",
+                crate::live::MAX_STREAMS
+            ),
+        )
+        .map(Either::Left),
+    }
+}
+
+/// `GET /tasks/{id}` and `/tasks/{id}/result`: relayed from the balancer's task API.
+async fn task(rest: &str, state: &ApiState) -> Resp {
+    let Some(api) = &state.tasks else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "tasks_not_configured",
+            "BALANCER_URL is not set: the agent does not know a balancer's task API",
+        );
+    };
+    let Some(path) = task_view::task_path(rest) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no route /tasks/{rest}"),
+        );
+    };
+    match api.get(&path).await {
+        Ok(answer) => task_view::relay(answer),
+        Err(reason) => error(StatusCode::BAD_GATEWAY, "balancer_unavailable", &reason),
+    }
 }
 
 fn metrics(snap: &Snapshot, reports: &Reports) -> Resp {
@@ -295,34 +415,90 @@ fn metrics(snap: &Snapshot, reports: &Reports) -> Resp {
     r
 }
 
-async fn scale(req: Request<Incoming>, state: &ApiState) -> Resp {
+/// The JSON body of a control request, once its token has been checked.
+async fn control_body(req: Request<Incoming>, state: &ApiState) -> Result<serde_json::Value, Resp> {
     if let Some(token) = &state.token {
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
             .map(|v| v.as_bytes());
         if !protocol::auth::bearer_matches(presented, token) {
-            return error(
+            return Err(error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "POST /scale needs Authorization: Bearer <AGENT_TOKEN>",
-            );
+                &format!(
+                    "POST {} needs Authorization: Bearer <AGENT_TOKEN>",
+                    req.uri().path()
+                ),
+            ));
         }
     }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            return error(
+            return Err(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 &format!("the body must be at most {MAX_BODY} bytes"),
-            );
+            ));
         }
     };
-    let desired = match serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("desired").and_then(serde_json::Value::as_u64))
+    // Not JSON at all reads as null: the callers say what they expected.
+    Ok(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+}
+
+fn stopping() -> Resp {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the agent is stopping",
+    )
+}
+
+async fn sundown(req: Request<Incoming>, state: &ApiState) -> Resp {
+    let body = match control_body(req, state).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(container) = body
+        .get("name")
+        .and_then(serde_json::Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected a JSON body like {\"name\": \"rustybalancer-app-3\"} (a container name or id)",
+        );
+    };
+    let (reply, answer) = oneshot::channel();
+    if state
+        .commands
+        .send(Command::Sundown { container, reply })
+        .await
+        .is_err()
     {
+        return stopping();
+    }
+    match answer.await {
+        Ok(Ok(done)) => json_resp(StatusCode::OK, &json!(done)),
+        Ok(Err(refused @ SundownRefused::NotFound(_))) => {
+            error(StatusCode::NOT_FOUND, "not_found", &refused.to_string())
+        }
+        Ok(Err(refused @ SundownRefused::AlreadySundown(_))) => {
+            error(StatusCode::CONFLICT, "conflict", &refused.to_string())
+        }
+        Err(_) => stopping(),
+    }
+}
+
+async fn scale(req: Request<Incoming>, state: &ApiState) -> Resp {
+    let body = match control_body(req, state).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let desired = match body.get("desired").and_then(serde_json::Value::as_u64) {
         Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         None => {
             return error(
@@ -339,11 +515,7 @@ async fn scale(req: Request<Incoming>, state: &ApiState) -> Resp {
         .await
         .is_err()
     {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the agent is stopping",
-        );
+        return stopping();
     }
     match answer.await {
         Ok(applied) => json_resp(
@@ -355,11 +527,7 @@ async fn scale(req: Request<Incoming>, state: &ApiState) -> Resp {
                 "max": state.bounds.1,
             }),
         ),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the agent is stopping",
-        ),
+        Err(_) => stopping(),
     }
 }
 

@@ -75,6 +75,19 @@ pub const STOP_TIMEOUT: &str = "STOP_TIMEOUT";
 pub const QUEUE_KEEPALIVE: &str = "QUEUE_KEEPALIVE";
 pub const EVENTS_MAX: &str = "EVENTS_MAX";
 pub const IMAGE_PULL_RETRIES: &str = "IMAGE_PULL_RETRIES";
+pub const BALANCER_URL: &str = "BALANCER_URL";
+
+/// `http://host[:port]` with nothing after the authority but an optional `/`; returned
+/// without the slash.
+fn parse_balancer_url(v: &str) -> Option<String> {
+    let uri: http::Uri = v.parse().ok()?;
+    let plain = uri.scheme_str() == Some("http")
+        && uri.authority().is_some_and(|a| !a.host().is_empty())
+        && uri
+            .path_and_query()
+            .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty());
+    plain.then(|| v.trim_end_matches('/').to_string())
+}
 
 /// Docker's smallest accepted memory limit (the engine rejects anything below 6 MB).
 pub const MIN_CONTAINER_MEMORY: u64 = 6 << 20;
@@ -123,6 +136,9 @@ pub struct Config {
     pub events_max: usize,
     /// Attempts to pull/inspect the image before giving up on a start.
     pub image_pull_retries: u32,
+    /// A balancer's public address (`http://host:port`) whose task API the dashboard reads
+    /// (`BALANCER_URL`); `None` = no task panel.
+    pub balancer_url: Option<String>,
 }
 
 /// How app containers are created.
@@ -438,6 +454,11 @@ impl Config {
         let image_pull_retries = r.get(IMAGE_PULL_RETRIES, 3, "a whole number >= 0", |v| {
             v.parse().ok()
         });
+        let balancer_url = r.opt(
+            BALANCER_URL,
+            "an http://host[:port] address, e.g. http://balancer:2548",
+            parse_balancer_url,
+        );
 
         let config = Config {
             ws_port,
@@ -462,6 +483,7 @@ impl Config {
             queue_keepalive,
             events_max,
             image_pull_retries,
+            balancer_url,
         };
         let cross_field = config.validate();
         r.finish(config, cross_field)
@@ -616,6 +638,11 @@ mod tests {
         assert_eq!(c.stop_timeout, Duration::from_secs(10));
         assert_eq!(c.queue_keepalive, Duration::from_secs(2));
         assert_eq!((c.events_max, c.image_pull_retries), (1000, 3));
+        assert_eq!(c.balancer_url, None);
+        assert_eq!(
+            parse_balancer_url("http://balancer:2548/").as_deref(),
+            Some("http://balancer:2548")
+        );
     }
 
     #[test]
@@ -733,6 +760,10 @@ mod tests {
             (REDIS_PORT, "0"),
             (REDIS_HOST, "user@host"),
             (IMAGE_PULL_RETRIES, "-1"),
+            (BALANCER_URL, "balancer:2548"),
+            (BALANCER_URL, "https://balancer"),
+            (BALANCER_URL, "http://balancer:2548/_tasks"),
+            (BALANCER_URL, "http://"),
         ];
         for &(var, value) in table {
             assert_eq!(bad_vars(&[(var, value)]), [var], "{var}={value}");

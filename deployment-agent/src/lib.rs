@@ -16,8 +16,10 @@
 pub mod api;
 pub mod config;
 pub mod docker;
+pub mod history;
 pub mod host;
 pub mod lifecycle;
+pub mod live;
 pub mod metrics;
 pub mod model;
 pub mod probe;
@@ -26,6 +28,7 @@ pub mod reconcile;
 pub mod scaler;
 pub mod scoring;
 pub mod store;
+pub mod task_view;
 pub mod traffic;
 
 use std::future::Future;
@@ -109,6 +112,9 @@ pub async fn run(
             store: store.clone(),
             commands: cmd_tx,
             bounds: (cfg.scaling.min_containers, cfg.scaling.max_containers),
+            live: Arc::new(live::Live::default()),
+            tasks: cfg.balancer_url.as_deref().map(task_view::TaskApi::new),
+            stop: stop_rx.clone(),
         },
         stop_rx.clone(),
     );

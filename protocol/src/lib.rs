@@ -21,6 +21,7 @@ pub mod process;
 pub mod prom;
 pub mod redis_target;
 pub mod units;
+pub mod weights;
 
 /// Utilization category of a backend container, as decided by the agent.
 ///

@@ -6,6 +6,7 @@
 //! | any request with `Prefer: respond-async` | 202 + `Location` (or the result, with `wait=N`) |
 //! | `POST /_tasks` (JSON envelope) | 202 + `Location` |
 //! | `GET /_tasks?status=&limit=&cursor=` | a page of tasks, newest first |
+//! | `GET /_tasks/stats` | queue figures and the number of tasks per status |
 //! | `GET /_tasks/{id}` | the task's status |
 //! | `GET /_tasks/{id}/result` | the stored response, replayed |
 //! | `DELETE /_tasks/{id}` | cancel a queued task |
@@ -235,6 +236,8 @@ impl Tasks {
             [""] if read => self.list(req.uri().query().unwrap_or("")).await,
             [""] if req.method() == Method::POST => self.submit_envelope(req, client).await,
             [""] => Err(ApiError::Method("GET, HEAD, POST")),
+            ["stats"] if read => self.stats().await,
+            ["stats"] => Err(ApiError::Method("GET, HEAD")),
             [id, ..] if !is_id(id) => Err(ApiError::NotFound),
             [id] if read => match self.store()?.view(id).await? {
                 Some(view) => Ok(json_response(StatusCode::OK, &view)),
@@ -539,6 +542,29 @@ impl Tasks {
             );
         }
         Ok(resp)
+    }
+
+    /// `GET /_tasks/stats`: the queue gauges and the number of tasks in each status.
+    async fn stats(&self) -> Result<Response<ResponseBody>, ApiError> {
+        let store = self.store()?;
+        let (gauges, counts) = tokio::try_join!(store.stats(), store.counts())?;
+        let now = super::now_ms();
+        let by_status: serde_json::Map<String, serde_json::Value> = counts
+            .into_iter()
+            .map(|(status, n)| (status.as_str().to_string(), json!(n)))
+            .collect();
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "queued": gauges.queued,
+                "running": gauges.running,
+                "delayed": gauges.delayed,
+                "oldest_queued_age_s": gauges
+                    .oldest_queued_ms
+                    .map(|t| now.saturating_sub(t) as f64 / 1000.0),
+                "by_status": by_status,
+            }),
+        ))
     }
 
     async fn list(&self, query: &str) -> Result<Response<ResponseBody>, ApiError> {

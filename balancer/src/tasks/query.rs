@@ -244,6 +244,17 @@ impl Store {
         })
     }
 
+    /// Tasks per status, as indexed (finished tasks stay counted until their
+    /// `TASK_RESULT_TTL` expiry is swept from the index).
+    pub async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        let mut pipe = redis::pipe();
+        for status in Status::ALL {
+            pipe.zcard(self.key(&format!("idx:{}", status.as_str())));
+        }
+        let counts: Vec<u64> = self.pipe("count tasks", &pipe).await?;
+        Ok(Status::ALL.into_iter().zip(counts).collect())
+    }
+
     /// Drops index entries whose task hash has expired, oldest first, in batches of `batch`,
     /// while at least half of a batch is gone; returns how many were dropped. Live tasks are
     /// never touched: only ids with no hash are removed.

@@ -57,6 +57,8 @@ pub struct Observation {
     pub views: HashMap<String, Vec<BalancerView>>,
     /// The latest `POST /scale` since the last round.
     pub set_desired: Option<usize>,
+    /// Containers (ids) `POST /sundown` asked for since the last round.
+    pub sundown: Vec<String>,
     /// Traffic and host load over the scaler's windows.
     pub scaling: scaler::Observed,
 }
@@ -157,6 +159,38 @@ pub fn decide(state: &PoolState, obs: &Observation, cfg: &Config, docker_ok: boo
         plan.desired = clamped;
         // The asked size holds for a whole stabilisation window unless load asks for more:
         // proposals recorded before it do not count toward a scale-down.
+        plan.scaler.recommendations.clear();
+        plan.scaler.recording_since_ms = None;
+    }
+
+    let asked: Vec<String> = obs
+        .sundown
+        .iter()
+        .filter(|id| {
+            pool.iter()
+                .any(|m| &m.c.id == *id && m.c.is_active() && !m.stopping)
+        })
+        .cloned()
+        .collect();
+    if !asked.is_empty() {
+        let before = plan.desired;
+        plan.desired = before.saturating_sub(asked.len()).max(s.min_containers);
+        let names: Vec<&str> = pool
+            .iter()
+            .filter(|m| asked.contains(&m.c.id))
+            .map(|m| m.c.name.as_str())
+            .collect();
+        plan.event(
+            EventKind::ScaleManual,
+            format!(
+                "desired {before} -> {}: {} marked SUNDOWN by POST /sundown",
+                plan.desired,
+                names.join(", ")
+            ),
+            json!({ "ids": asked, "desired": plan.desired, "was": before }),
+        );
+        sundown(&mut plan, &mut pool, &asked, "marked by POST /sundown", now);
+        // As after `POST /scale`: the new size holds for a stabilisation window.
         plan.scaler.recommendations.clear();
         plan.scaler.recording_since_ms = None;
     }
@@ -680,6 +714,42 @@ mod tests {
         o.set_desired = Some(0);
         let plan = decide(&state(pool, 2), &o, &cfg(), true);
         assert_eq!(plan.desired, 2, "clamped to DEFAULT_CONTAINER");
+    }
+
+    #[test]
+    fn post_sundown_drains_that_container_and_lowers_the_desired_size() {
+        let pool = vec![scored("a", 90.0), scored("b", 90.0), scored("c", 90.0)];
+        let listed: Vec<Observed> = pool.iter().map(running).collect();
+        let mut o = obs(Some(listed));
+        o.sundown = vec!["b".into()];
+        let plan = decide(&state(pool.clone(), 3), &o, &cfg(), true);
+        assert_eq!(plan.desired, 2);
+        assert_eq!(plan.actions, [Action::Sundown { id: "b".into() }]);
+        assert_eq!(
+            kinds(&plan),
+            [EventKind::ScaleManual, EventKind::ContainerSundown]
+        );
+        // At the minimum size the container is replaced instead.
+        let two = vec![scored("a", 90.0), scored("b", 90.0)];
+        let mut o = obs(Some(two.iter().map(running).collect()));
+        o.sundown = vec!["b".into()];
+        let plan = decide(&state(two, 2), &o, &cfg(), true);
+        assert_eq!(plan.desired, 2, "never below DEFAULT_CONTAINER");
+        assert!(plan.actions.contains(&Action::Sundown { id: "b".into() }));
+        assert!(
+            plan.actions
+                .iter()
+                .any(|a| matches!(a, Action::Create(names) if names.len() == 1)),
+            "{:?}",
+            plan.actions
+        );
+        // A container already leaving, or unknown, is not asked twice.
+        let mut gone = pool.clone();
+        gone[1].c.category = Category::Sundown;
+        let mut o = obs(Some(pool.iter().map(running).collect()));
+        o.sundown = vec!["b".into(), "zzz".into()];
+        let plan = decide(&state(gone, 2), &o, &cfg(), true);
+        assert!(!kinds(&plan).contains(&EventKind::ScaleManual));
     }
 
     fn draining(id: &str, since: Millis, version: u64) -> Member {

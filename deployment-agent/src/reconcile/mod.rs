@@ -58,6 +58,29 @@ pub enum Command {
         desired: usize,
         reply: tokio::sync::oneshot::Sender<usize>,
     },
+    /// `POST /sundown`: drain and stop one container (by name or id), one fewer desired.
+    Sundown {
+        container: String,
+        reply: tokio::sync::oneshot::Sender<Result<Sundowned, SundownRefused>>,
+    },
+}
+
+/// What `POST /sundown` did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Sundowned {
+    pub id: String,
+    pub name: String,
+    /// The desired size from now on.
+    pub desired: usize,
+}
+
+/// Why `POST /sundown` did nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SundownRefused {
+    #[error("no container named {0:?}")]
+    NotFound(String),
+    #[error("{0} is already SUNDOWN")]
+    AlreadySundown(String),
 }
 
 /// One container as the API shows it.
@@ -70,6 +93,9 @@ pub struct ContainerView {
     /// Its traffic over the last `PANIC_WINDOW`, from every balancer's reports; `None`
     /// when no balancer reported in that time.
     pub traffic: Option<crate::traffic::Observed>,
+    /// Its selection weight in the queue in force (as the balancers compute it from the
+    /// category and score); `None` while it is not published.
+    pub weight: Option<f64>,
 }
 
 /// What the loop last saw and did, for the HTTP API (replaced wholesale every tick).
@@ -149,6 +175,8 @@ pub struct Controller {
     log: EventLog,
     /// The latest `POST /scale`, an input of the next round.
     pending_desired: Option<usize>,
+    /// Containers `POST /sundown` asked for (ids), inputs of the next round.
+    pending_sundown: Vec<String>,
     /// Records as last written to Redis (persist writes only what differs).
     saved: HashMap<String, Container>,
     saved_desired: Option<usize>,
@@ -202,6 +230,7 @@ impl Controller {
             removals: JoinSet::new(),
             log: EventLog::default(),
             pending_desired: None,
+            pending_sundown: Vec::new(),
             saved: HashMap::new(),
             saved_desired: None,
             last_decision: String::from("none yet"),
@@ -252,6 +281,42 @@ impl Controller {
                 self.pending_desired = Some(desired);
                 self.tick().await;
             }
+            Command::Sundown { container, reply } => {
+                let found = self
+                    .pool
+                    .values()
+                    .find(|t| t.c.name == container || t.c.id == container)
+                    .map(|t| (t.c.clone(), t.stopping));
+                let answer = match found {
+                    None => Err(SundownRefused::NotFound(container)),
+                    Some((c, stopping))
+                        if stopping
+                            || c.category == Category::Sundown
+                            || self.pending_sundown.contains(&c.id) =>
+                    {
+                        Err(SundownRefused::AlreadySundown(c.name))
+                    }
+                    Some((c, _)) => {
+                        let min = self.cfg.scaling.min_containers;
+                        let desired = self
+                            .pending_desired
+                            .unwrap_or(self.desired)
+                            .saturating_sub(1 + self.pending_sundown.len())
+                            .max(min);
+                        self.pending_sundown.push(c.id.clone());
+                        Ok(Sundowned {
+                            id: c.id,
+                            name: c.name,
+                            desired,
+                        })
+                    }
+                };
+                let ok = answer.is_ok();
+                let _ = reply.send(answer);
+                if ok {
+                    self.tick().await;
+                }
+            }
         }
     }
 
@@ -296,11 +361,12 @@ impl Controller {
     /// scored and published, so balancers never lose backends that are running.
     async fn without_redis(&mut self, now: Millis) {
         let (mut obs, inputs) = self.observe(now).await;
+        // Kept for the first round with the saved state.
+        self.pending_desired = obs.set_desired.take();
+        self.pending_sundown = std::mem::take(&mut obs.sundown);
         if obs.listed.is_none() {
             return;
         }
-        // Kept for the first round with the saved state.
-        self.pending_desired = obs.set_desired.take();
         self.score(&inputs, now);
         let plan = decide::decide(&self.state(), &obs, &self.cfg, false);
         // Only what destroys nothing: adopt, addresses, readiness. The desired size, the
@@ -443,9 +509,7 @@ impl Controller {
                 id: t.c.id.clone(),
                 name: t.c.name.clone(),
                 address: t.c.address.clone(),
-                // Whole points: finer changes are probe noise and would publish a new
-                // version every round for nothing.
-                score: t.c.overall().map_or(0.0, f64::round),
+                score: queue_score(&t.c),
                 category: t.c.category,
             })
             .collect();
@@ -491,10 +555,22 @@ impl Controller {
     }
 
     fn snapshot(&mut self, now: Millis) {
+        // The weights the balancers derive from the queue this round published.
+        let published: Vec<&Tracked> = self.pool.values().filter(|t| t.c.is_published()).collect();
+        let pairs: Vec<(Category, f64)> = published
+            .iter()
+            .map(|t| (t.c.category, queue_score(&t.c)))
+            .collect();
+        let weights: HashMap<&str, f64> = published
+            .iter()
+            .map(|t| t.c.id.as_str())
+            .zip(protocol::weights::weights(&pairs))
+            .collect();
         let containers: Vec<ContainerView> = self
             .pool
             .values()
             .map(|t| ContainerView {
+                weight: weights.get(t.c.id.as_str()).copied(),
                 container: t.c.clone(),
                 in_flight: self.reports.in_flight(&t.c.id),
                 traffic: self.traffic.container(
@@ -531,6 +607,12 @@ impl Controller {
             task_queue_depth: depth,
         }));
     }
+}
+
+/// A container's score as the queue carries it. Whole points: finer changes are probe
+/// noise and would publish a new version every round for nothing.
+fn queue_score(c: &Container) -> f64 {
+    c.overall().map_or(0.0, f64::round)
 }
 
 /// First wait before re-opening a container's stats stream; doubles per failed attempt.

@@ -109,6 +109,7 @@ impl Controller {
                 .collect(),
             views,
             set_desired: self.pending_desired.take(),
+            sundown: std::mem::take(&mut self.pending_sundown),
             scaling,
         };
         let inputs = ScoringInputs { probes, reports };
