@@ -14,7 +14,7 @@ use common::agent::{
     active_ready, event_list, events, get_json, get_queue, next_queue, post_scale, stats,
     wait_scored_pool, ws_connect, Agent, AgentEnv, AgentProcess, Cleanup, Traffic,
 };
-use common::{eventually, http_get, labelled_containers, RedisServer};
+use common::{eventually, http_get, http_request, labelled_containers, RedisServer};
 use deployment_agent::model::now_ms;
 use deployment_agent::store::Store;
 use futures_util::{SinkExt, StreamExt};
@@ -1058,4 +1058,133 @@ async fn agent_started_without_redis_publishes_the_running_pool() {
     .await;
     drop(second);
     let _ = std::fs::remove_file(log);
+}
+
+/// Reads `GET /stream` until `count` tick events have arrived (10 s each at most); returns
+/// their JSON payloads.
+async fn stream_ticks(http: &str, count: usize) -> Vec<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(http)
+        .await
+        .expect("connect /stream");
+    s.write_all(format!("GET /stream HTTP/1.1\r\nHost: {http}\r\n\r\n").as_bytes())
+        .await
+        .expect("request /stream");
+    let mut raw = String::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut ticks = Vec::new();
+    while ticks.len() < count {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("a tick within 10 s")
+            .expect("read /stream");
+        assert!(n > 0, "the stream ended early: {raw}");
+        raw.push_str(&String::from_utf8_lossy(&buf[..n]));
+        // Events are one chunk each; take every complete `data:` line of a tick.
+        while let Some(start) = raw.find("event: tick\ndata: ") {
+            let rest = &raw[start + "event: tick\ndata: ".len()..];
+            let Some(end) = rest.find('\n') else { break };
+            ticks.push(serde_json::from_str(&rest[..end]).expect("tick data is JSON"));
+            raw = rest[end..].to_string();
+        }
+    }
+    assert!(
+        raw.is_empty() || !raw.contains("event: tick"),
+        "an unparsed tick: {raw}"
+    );
+    ticks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_api_streams_history_and_sundown() {
+    let Some(w) = World::new().await else { return };
+    let token = "op3rator";
+    let env = w
+        .env
+        .clone()
+        .set("DEFAULT_CONTAINER", 1)
+        .set("MAX_CONTAINERS", 3)
+        .set("DRAIN_TIMEOUT", "2s")
+        .set("AGENT_TOKEN", token);
+    let agent = Agent::start(&env).await;
+    let http = agent.http();
+    let bearer = format!("Bearer {token}");
+    assert_eq!(post_scale(&http, 2, Some(token)).await.0, 200);
+    let rows = wait_scored_pool(&http, 2, Duration::from_secs(90)).await;
+
+    // The live feed: ticks carry health, the rows of /stats and a history sample.
+    let ticks = stream_ticks(&http, 2).await;
+    for t in &ticks {
+        assert_eq!(t["health"]["desired"], 2, "{t}");
+        assert_eq!(t["health"]["token_required"], true, "{t}");
+        assert_eq!(t["stats"].as_array().map(Vec::len), Some(2), "{t}");
+        assert_eq!(t["sample"]["desired"], 2, "{t}");
+        assert!(t["events"].is_array(), "{t}");
+    }
+    assert!(ticks[1]["sample"]["at_ms"].as_u64() > ticks[0]["sample"]["at_ms"].as_u64());
+    let shares: f64 = rows.iter().filter_map(|r| r["weight_share"].as_f64()).sum();
+    assert!(
+        (shares - 1.0).abs() < 0.01,
+        "weight shares sum to 1: {rows:?}"
+    );
+    let history = get_json(&http, "/history").await.expect("/history");
+    let samples = history["samples"].as_array().expect("samples");
+    assert!(samples.len() >= 2, "{history}");
+    assert!(
+        history["marks"]
+            .as_array()
+            .expect("marks")
+            .iter()
+            .any(|m| m["kind"] == "scale_manual"),
+        "the POST /scale is marked: {history}"
+    );
+
+    // POST /sundown: token, bad body, unknown name, then one container drains and goes.
+    let victim = rows[0]["name"].as_str().expect("name").to_string();
+    let body = format!("{{\"name\":\"{victim}\"}}");
+    let post = |headers: Vec<(&'static str, String)>, body: String| {
+        let http = http.clone();
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            http_request(&http, "POST", "/sundown", &h, &body)
+                .await
+                .expect("POST /sundown")
+        }
+    };
+    let auth = || vec![("Authorization", bearer.clone())];
+    assert_eq!(post(vec![], body.clone()).await.0, 401);
+    assert_eq!(post(auth(), "{}".into()).await.0, 400);
+    assert_eq!(post(auth(), r#"{"name":"nope"}"#.into()).await.0, 404);
+    let (status, answer) = post(auth(), body.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
+    assert_eq!(
+        (&answer["name"], &answer["desired"]),
+        (&victim.clone().into(), &1.into())
+    );
+    let (status, again) = post(auth(), body).await;
+    assert_eq!(status, 409, "{again}");
+    eventually(
+        "the container leaves and the pool settles at 1",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            let rows = stats(&http).await?;
+            let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
+            if rows.len() == 1 && !names.contains(&victim.as_str()) {
+                Ok(())
+            } else {
+                Err(format!("{names:?}"))
+            }
+        },
+    )
+    .await;
+    let kinds: Vec<String> = event_list(&events(&http).await.expect("/events"))
+        .into_iter()
+        .map(|(_, kind, _)| kind)
+        .collect();
+    assert!(kinds.iter().any(|k| k == "container_sundown"), "{kinds:?}");
+    let overview = get_json(&http, "/tasks/overview").await.expect("overview");
+    assert_eq!(overview["enabled"], false, "no BALANCER_URL: {overview}");
+    agent.stop().await;
 }
