@@ -157,7 +157,7 @@ impl Dispatcher {
             let sent = Instant::now();
             let result = tokio::time::timeout(
                 timeout,
-                backend.conns.send(&backend.address, self.dial, req),
+                backend.conns.send(&backend.address, &self.dial, req),
             )
             .await;
             let elapsed = sent.elapsed();

@@ -14,11 +14,21 @@
 //! instructions per request (callgrind) and about 10 % fewer requests/s (see
 //! `artefacts/bench-proxy-notes.md`).
 //!
+//! A client that stops taking a response (an HTTP/2 stream whose flow-control window stays
+//! shut, an HTTP/1.1 client that stops reading) would otherwise hold the response's backend
+//! connection for as long as its own connection lives: on HTTP/2 other streams keep that
+//! alive indefinitely. Each connection's task therefore also runs a watchdog ([`Lease`]):
+//! when a response body is out and the client has not taken a frame for
+//! `Dial::stall_timeout` (`IDLE_TIMEOUT`), the backend connection is closed and the stream
+//! fails. The time a body waits for the backend does not count: a slow backend is not a
+//! stalled client. The hot path pays one relaxed atomic add and one store per body frame.
+//!
 //! A request that hyper hands back unsent (the pooled connection was found closed before the
 //! request was written) is sent again on a new connection: nothing reached the backend, so this
 //! is safe for every method.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -59,10 +69,88 @@ pub enum UpstreamError {
 /// buffer (`UPSTREAM_BUFFER_BYTES`). The buffer also bounds a response head, and every body
 /// chunk handed to a slow client is cut from it: with hyper's default (grows to 408 KiB) one
 /// slow reader could pin half a MiB.
-#[derive(Debug, Clone, Copy)]
+///
+/// `stall_timeout`: a response body the client takes nothing from for this long has its
+/// connection closed (see the module doc); each time, `stalls` is incremented.
+#[derive(Debug, Clone)]
 pub struct Dial {
     pub connect_timeout: Duration,
     pub buffer_bytes: usize,
+    pub stall_timeout: Option<Duration>,
+    pub stalls: Arc<AtomicU64>,
+}
+
+impl Dial {
+    /// Without a stall watchdog (short exchanges whose body the balancer reads itself).
+    pub fn unwatched(connect_timeout: Duration, buffer_bytes: usize) -> Dial {
+        Dial {
+            connect_timeout,
+            buffer_bytes,
+            stall_timeout: None,
+            stalls: Arc::default(),
+        }
+    }
+}
+
+/// No response body is out on the connection.
+const IDLE: u8 = 0;
+/// The body's last poll gave a frame (or it has not been polled yet): the client's turn.
+const CLIENT_TURN: u8 = 1;
+/// The body's last poll was pending: the backend owes bytes.
+const BACKEND_TURN: u8 = 2;
+
+/// What a connection's watchdog reads about the response body out on it.
+#[derive(Debug, Default)]
+pub struct Lease {
+    turn: AtomicU8,
+    polls: AtomicU64,
+    /// The watchdog closed the connection.
+    cut: AtomicBool,
+}
+
+impl Lease {
+    fn start(&self) {
+        self.turn.store(CLIENT_TURN, Ordering::Relaxed);
+    }
+
+    fn polled(&self, pending: bool) {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        self.turn.store(
+            if pending { BACKEND_TURN } else { CLIENT_TURN },
+            Ordering::Relaxed,
+        );
+    }
+
+    fn end(&self) {
+        self.turn.store(IDLE, Ordering::Relaxed);
+    }
+
+    /// Whether the watchdog closed this body's connection.
+    pub fn was_cut(&self) -> bool {
+        self.cut.load(Ordering::Relaxed)
+    }
+}
+
+/// Resolves once a body has been out with the client, untouched, for `timeout` (checked
+/// every half of it, so the cut comes between 1× and 1.5× `timeout` after the last frame).
+async fn stalled(lease: &Lease, timeout: Duration) {
+    let period = timeout / 2;
+    let mut last = u64::MAX;
+    let mut quiet = 0;
+    loop {
+        tokio::time::sleep(period).await;
+        let polls = lease.polls.load(Ordering::Relaxed);
+        let clients_turn = lease.turn.load(Ordering::Relaxed) == CLIENT_TURN;
+        quiet = if clients_turn && polls == last {
+            quiet + 1
+        } else {
+            0
+        };
+        last = polls;
+        if quiet >= 2 {
+            return;
+        }
+    }
 }
 
 /// hyper refuses a smaller maximum buffer.
@@ -75,8 +163,11 @@ pub struct Unsent {
     pub request: Option<Request<RequestBody>>,
 }
 
-/// One keep-alive connection's request sender.
-type Sender = http1::SendRequest<RequestBody>;
+/// One keep-alive connection: its request sender and what its watchdog reads.
+struct Sender {
+    send: http1::SendRequest<RequestBody>,
+    lease: Arc<Lease>,
+}
 
 struct Idle {
     sender: Sender,
@@ -103,18 +194,18 @@ impl ConnPool {
             if since.elapsed() > IDLE_EXPIRY {
                 continue;
             }
-            if sender.is_closed() {
+            if sender.send.is_closed() {
                 continue;
             }
             // Usually ready at once; right after a response it may take one dispatcher turn.
-            if sender.ready().await.is_ok() {
+            if sender.send.ready().await.is_ok() {
                 return Some(sender);
             }
         }
     }
 
     fn put(&self, sender: Sender) {
-        if sender.is_closed() {
+        if sender.send.is_closed() {
             return;
         }
         let mut idle = self.lock();
@@ -130,7 +221,7 @@ impl ConnPool {
     pub async fn send(
         self: &Arc<Self>,
         address: &str,
-        dial: Dial,
+        dial: &Dial,
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, Unsent> {
         let mut req = req;
@@ -151,11 +242,14 @@ impl ConnPool {
                     }
                 }
             };
-            match sender.try_send_request(req).await {
+            match sender.send.try_send_request(req).await {
                 Ok(resp) => {
+                    sender.lease.start();
                     let pool = Arc::clone(self);
+                    let lease = sender.lease.clone();
                     return Ok(resp.map(|body| UpstreamBody {
                         body,
+                        lease,
                         sender: Some(sender),
                         pool,
                         failed: None,
@@ -185,6 +279,8 @@ impl ConnPool {
 pub struct UpstreamBody {
     body: Incoming,
     sender: Option<Sender>,
+    /// Kept after the sender is gone, for [`UpstreamBody::stalled`].
+    lease: Arc<Lease>,
     pool: Arc<ConnPool>,
     /// A failure held back for one turn (see [`UpstreamBody::poll_frame`]).
     failed: Option<hyper::Error>,
@@ -193,8 +289,14 @@ pub struct UpstreamBody {
 impl UpstreamBody {
     fn release(&mut self) {
         if let Some(sender) = self.sender.take() {
+            sender.lease.end();
             self.pool.put(sender);
         }
+    }
+
+    /// The stall watchdog closed this body's connection: the failure is the client's.
+    pub fn stalled(&self) -> bool {
+        self.lease.was_cut()
     }
 }
 
@@ -210,7 +312,11 @@ impl Body for UpstreamBody {
         if let Some(e) = this.failed.take() {
             return Poll::Ready(Some(Err(e)));
         }
-        match Pin::new(&mut this.body).poll_frame(cx) {
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        if let Some(sender) = &this.sender {
+            sender.lease.polled(r.is_pending());
+        }
+        match r {
             Poll::Ready(None) => {
                 this.release();
                 Poll::Ready(None)
@@ -247,7 +353,7 @@ impl Drop for UpstreamBody {
     }
 }
 
-async fn connect(address: &str, dial: Dial) -> Result<Sender, UpstreamError> {
+async fn connect(address: &str, dial: &Dial) -> Result<Sender, UpstreamError> {
     let timeout = dial.connect_timeout;
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
         Ok(Ok(s)) => s,
@@ -265,7 +371,7 @@ async fn connect(address: &str, dial: Dial) -> Result<Sender, UpstreamError> {
         }
     };
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::Builder::new()
+    let (send, conn) = http1::Builder::new()
         .max_buf_size(dial.buffer_bytes.max(MIN_BUFFER_BYTES))
         .handshake(TokioIo::new(stream))
         .await
@@ -274,11 +380,35 @@ async fn connect(address: &str, dial: Dial) -> Result<Sender, UpstreamError> {
             source: std::io::Error::other(source),
         })?;
     // One task per connection (not per request); it ends when the connection closes, which
-    // happens once the pool drops the sender or the backend hangs up.
+    // happens once the pool drops the sender, the backend hangs up, or the watchdog finds
+    // a client that stopped taking the response.
+    let lease = Arc::new(Lease::default());
+    let watch = dial
+        .stall_timeout
+        .map(|t| (t, lease.clone(), dial.stalls.clone()));
+    let address = address.to_string();
     tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            debug!("upstream connection ended: {e}");
+        let conn = conn.with_upgrades();
+        let Some((timeout, lease, stalls)) = watch else {
+            if let Err(e) = conn.await {
+                debug!("upstream connection ended: {e}");
+            }
+            return;
+        };
+        tokio::select! {
+            biased;
+            ended = conn => if let Err(e) = ended {
+                debug!("upstream connection ended: {e}");
+            },
+            () = stalled(&lease, timeout) => {
+                lease.cut.store(true, Ordering::Relaxed);
+                stalls.fetch_add(1, Ordering::Relaxed);
+                debug!(
+                    "closing the connection to {address}: the client took nothing of the \
+                     response for {timeout:?}"
+                );
+            }
         }
     });
-    Ok(sender)
+    Ok(Sender { send, lease })
 }

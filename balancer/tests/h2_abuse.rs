@@ -10,7 +10,7 @@ mod common;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
@@ -322,7 +322,11 @@ async fn rapid_reset_gets_the_connection_cut_and_others_are_served() {
         .flatten()
         .find(|e| e.is_go_away())
         .unwrap_or_else(|| panic!("no GOAWAY: send {refused:?}, connection {ended:?}"));
-    assert_eq!(go_away.reason(), Some(Reason::ENHANCE_YOUR_CALM), "{go_away:?}");
+    assert_eq!(
+        go_away.reason(),
+        Some(Reason::ENHANCE_YOUR_CALM),
+        "{go_away:?}"
+    );
 
     let (ok, total) = bystander.finish(200).await;
     let growth = rss().saturating_sub(before);
@@ -617,4 +621,147 @@ async fn h2_max_concurrent_streams_is_advertised_and_enforced() {
     );
     let (resp, _) = get(&b.url("/after")).await;
     assert_eq!(resp.status(), 200);
+}
+
+/// A raw HTTP/1.1 origin: `/big` gets an 8 MiB body, written until the balancer stops
+/// taking it; anything else gets `ok`. Records when a `/big` connection was closed under it.
+async fn stall_origin() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<Instant>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = closed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let big = head.starts_with(b"GET /big");
+                    head.drain(..end + 4);
+                    if !big {
+                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    let total = 8 * MIB;
+                    let mut wrote = s
+                        .write_all(
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n")
+                                .as_bytes(),
+                        )
+                        .await;
+                    let chunk = vec![b'x'; 64 * 1024];
+                    let mut sent = 0;
+                    while wrote.is_ok() && sent < total {
+                        wrote = s.write_all(&chunk).await;
+                        sent += chunk.len();
+                    }
+                    if wrote.is_err() {
+                        seen.lock().unwrap().push(Instant::now());
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_h2_stream_releases_its_backend_connection_after_the_idle_timeout() {
+    let _serial = SERIAL.lock().await;
+    let (origin, closed) = stall_origin().await;
+    let b = Balancer::over_addrs(&[origin], &[("IDLE_TIMEOUT", "2s")]).await;
+
+    // The stream's window (64 KiB) is never given back; the connection's is large, so the
+    // connection itself stays usable and busy with small requests.
+    let mut builder = h2::client::Builder::new();
+    builder.initial_connection_window_size(16 * MIB as u32);
+    let (send, conn) = h2_connection(b.addr, builder).await;
+    let mut big = send.clone().ready().await.expect("ready");
+    let (response, _) = big
+        .send_request(get_request(&b, "/big"), true)
+        .expect("send /big");
+    let resp = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("a response head")
+        .expect("stream failed");
+    assert_eq!(resp.status(), 200);
+    let stalled_at = Instant::now();
+
+    // Small requests on the same connection every 200 ms for 6 s: the client connection is
+    // never idle, so only the stall watchdog can free the backend connection.
+    let mut ok = 0;
+    let mut total = 0;
+    while stalled_at.elapsed() < Duration::from_secs(6) {
+        let mut s = send.clone().ready().await.expect("ready");
+        let (r, _) = s
+            .send_request(get_request(&b, "/small"), true)
+            .expect("send");
+        total += 1;
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), r).await {
+            let mut body = r.into_body();
+            let mut got = Vec::new();
+            while let Some(Ok(chunk)) = body.data().await {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                got.extend_from_slice(&chunk);
+            }
+            if got == b"ok" {
+                ok += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cut = closed.lock().unwrap().clone();
+    eprintln!(
+        "stalled stream: origin connection closed after {:?}; small requests {ok}/{total}",
+        cut.first().map(|t| t.duration_since(stalled_at))
+    );
+    let after = cut
+        .first()
+        .map(|t| t.duration_since(stalled_at))
+        .expect("the backend connection of the stalled stream was never closed");
+    assert!(
+        after >= Duration::from_millis(1_500) && after <= Duration::from_millis(4_500),
+        "closed {after:?} after the stall (IDLE_TIMEOUT 2s)"
+    );
+    assert_eq!(ok, total, "the client's other streams were served");
+    assert!(!conn.is_finished(), "the client connection was closed");
+
+    // The stalled stream ends in an error once read, and the fault is the client's.
+    let mut body = resp.into_body();
+    let mut failed = false;
+    while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(5), body.data()).await {
+        match chunk {
+            Ok(c) => {
+                let _ = body.flow_control().release_capacity(c.len());
+            }
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "the cut stream ended cleanly");
+    let (_, metrics) = get(&b.admin_url("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("balancer_client_faults_total{kind=\"stalled_reader\"} 1"),
+        "{metrics}"
+    );
 }

@@ -81,11 +81,8 @@ impl Tasks {
             if let Ok(v) = HeaderValue::from_str(id) {
                 h.insert(X_TASK_ID.clone(), v);
             }
-            let dial = Dial {
-                connect_timeout: TIMEOUT,
-                buffer_bytes: MIN_BUFFER_BYTES,
-            };
-            let outcome = tokio::time::timeout(TIMEOUT, pool.send(&addr, dial, req)).await;
+            let dial = Dial::unwatched(TIMEOUT, MIN_BUFFER_BYTES);
+            let outcome = tokio::time::timeout(TIMEOUT, pool.send(&addr, &dial, req)).await;
             let why = match outcome {
                 Ok(Ok(resp)) if resp.status().is_success() => {
                     debug!("task {id}: callback to {url} delivered ({})", resp.status());
