@@ -189,34 +189,11 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Container, Scores};
     use crate::reconcile::ContainerView;
     use crate::traffic::Observed;
 
     fn view(name: &str, category: Category, score: Option<f64>, rps: Option<f64>) -> ContainerView {
         ContainerView {
-            container: Container {
-                id: format!("id-{name}"),
-                name: name.into(),
-                address: "10.0.0.2:5000".into(),
-                image: "img".into(),
-                category,
-                scores: score.map(|overall| Scores {
-                    cpu: overall,
-                    memory: overall,
-                    network: overall,
-                    availability: overall,
-                    overall,
-                }),
-                created_ms: 1_000,
-                ready_ms: Some(2_000),
-                scored_ms: None,
-                sundown_ms: None,
-                sundown_version: None,
-                sundown_balancers: Vec::new(),
-            },
-            in_flight: 0,
-            weight: None,
             traffic: rps.map(|r| Observed {
                 requests_per_s: r,
                 started_per_s: r,
@@ -225,6 +202,7 @@ mod tests {
                 latency_p99_ms: Some(r),
                 errors_per_s: 0.5,
             }),
+            ..ContainerView::fixture(name, category, score)
         }
     }
 

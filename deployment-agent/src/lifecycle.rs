@@ -204,16 +204,7 @@ mod tests {
         Container {
             id: id.into(),
             name: format!("app-{id}"),
-            address: "10.0.0.2:5000".into(),
-            image: "img".into(),
-            category,
-            scores: None,
-            created_ms: 1_000,
-            ready_ms: Some(2_000),
-            scored_ms: None,
-            sundown_ms: None,
-            sundown_version: None,
-            sundown_balancers: Vec::new(),
+            ..Container::fixture(id, category, None)
         }
     }
 

@@ -56,6 +56,33 @@ pub struct Container {
     pub sundown_balancers: Vec<String>,
 }
 
+#[cfg(test)]
+impl Container {
+    /// A ready container for unit tests: id `id-{name}`, every sub-score `overall`.
+    pub fn fixture(name: &str, category: Category, overall: Option<f64>) -> Container {
+        Container {
+            id: format!("id-{name}"),
+            name: name.into(),
+            address: "10.0.0.2:5000".into(),
+            image: "img".into(),
+            category,
+            scores: overall.map(|overall| Scores {
+                cpu: overall,
+                memory: overall,
+                network: overall,
+                availability: overall,
+                overall,
+            }),
+            created_ms: 1_000,
+            ready_ms: Some(2_000),
+            scored_ms: None,
+            sundown_ms: None,
+            sundown_version: None,
+            sundown_balancers: Vec::new(),
+        }
+    }
+}
+
 impl Container {
     /// Counts toward the pool size (everything but SUNDOWN).
     pub fn is_active(&self) -> bool {

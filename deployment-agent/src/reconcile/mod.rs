@@ -98,6 +98,19 @@ pub struct ContainerView {
     pub weight: Option<f64>,
 }
 
+#[cfg(test)]
+impl ContainerView {
+    /// A view for unit tests: [`Container::fixture`], no traffic, unpublished.
+    pub fn fixture(name: &str, category: Category, overall: Option<f64>) -> ContainerView {
+        ContainerView {
+            container: Container::fixture(name, category, overall),
+            in_flight: 0,
+            traffic: None,
+            weight: None,
+        }
+    }
+}
+
 /// What the loop last saw and did, for the HTTP API (replaced wholesale every tick).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Snapshot {
