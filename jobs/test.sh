@@ -4,6 +4,9 @@
 # Provisions what the tests need and fails with a clear message when it cannot:
 #   - a throwaway redis-server on a free loopback port (installed from Debian's packages
 #     when missing), exported as RUSTYBALANCER_TEST_REDIS_URL and stopped on exit;
+#   - headless Chromium for the dashboard's browser test (deployment-agent/tests/dashboard.rs),
+#     installed from Debian's `chromium` package when missing, exported as
+#     RUSTYBALANCER_CHROMIUM (unless that is already set);
 #   - the Docker engine is checked and reported (tests that need it fail under CI=true
 #     when it is missing; they never pass silently);
 #   - the images are built once, in one cargo invocation (jobs/build-images.sh: balancer,
@@ -101,6 +104,30 @@ ensure_redis() {
     die "redis-server did not answer PING on port $port"
 }
 
+ensure_chromium() {
+    if [[ -n "${RUSTYBALANCER_CHROMIUM:-}" ]]; then
+        [[ -x "$RUSTYBALANCER_CHROMIUM" ]] \
+            || die "RUSTYBALANCER_CHROMIUM=$RUSTYBALANCER_CHROMIUM is not an executable file"
+        log "chromium at $RUSTYBALANCER_CHROMIUM (RUSTYBALANCER_CHROMIUM is set)"
+        return
+    fi
+    local bin
+    bin="$(command -v chromium || command -v chromium-browser || true)"
+    if [[ -z "$bin" ]]; then
+        if [[ "$(id -u)" != "0" ]] || ! command -v apt-get >/dev/null; then
+            die "chromium is missing and cannot be installed here (needs root and apt-get); install Debian's chromium package or set RUSTYBALANCER_CHROMIUM"
+        fi
+        log "installing chromium from Debian's packages (the dashboard's browser test)"
+        apt-get update -qq >"$WORK/apt-chromium.log" 2>&1 \
+            || { cat "$WORK/apt-chromium.log" >&2; die "apt-get update failed"; }
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >>"$WORK/apt-chromium.log" 2>&1 \
+            || { cat "$WORK/apt-chromium.log" >&2; die "apt-get install chromium failed"; }
+        bin="$(command -v chromium)" || die "chromium was installed but is not on PATH"
+    fi
+    export RUSTYBALANCER_CHROMIUM="$bin"
+    log "$("$bin" --version 2>/dev/null || echo chromium) at $bin"
+}
+
 check_docker() {
     if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
         log "docker engine $(docker version --format '{{.Server.Version}}' 2>/dev/null) reachable"
@@ -149,6 +176,7 @@ run_e2e() {
 }
 
 ensure_redis
+ensure_chromium
 check_docker
 build_test_images
 

@@ -100,6 +100,8 @@ pub async fn run(
         upstream::Dial {
             connect_timeout: config.connect_timeout,
             buffer_bytes: config.limits.upstream_buffer_bytes,
+            stall_timeout: Some(config.limits.idle_timeout),
+            stalls: metrics.stalled_readers.clone(),
         },
         config.retry_budget,
         metrics.clone(),

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub upgrades: AtomicU64,
     /// By [`CLIENT_FAULT_KINDS`]: requests refused or failed because of the client.
     client_faults: [AtomicU64; CLIENT_FAULT_KINDS.len()],
+    /// Backend connections closed because the client took nothing of the response for
+    /// `IDLE_TIMEOUT` (shared with every connection's watchdog, see `upstream`).
+    pub stalled_readers: std::sync::Arc<AtomicU64>,
     pub agent_connected: AtomicBool,
     pub agent_connects: AtomicU64,
     pub frames_applied: AtomicU64,
@@ -83,6 +86,7 @@ impl Default for Metrics {
             retries_refused: AtomicU64::default(),
             upgrades: AtomicU64::default(),
             client_faults: Default::default(),
+            stalled_readers: Default::default(),
             agent_connected: AtomicBool::default(),
             agent_connects: AtomicU64::default(),
             frames_applied: AtomicU64::default(),
@@ -133,6 +137,17 @@ impl Metrics {
         let mut out = PromText::with_capacity(4096);
         let table = backends.load();
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+
+        out.family(
+            "balancer_build_info",
+            Kind::Gauge,
+            "Always 1; the version label is the balancer's version.",
+        );
+        out.sample(
+            "balancer_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        );
 
         out.family(
             "balancer_requests_total",
@@ -311,6 +326,11 @@ impl Metrics {
         for (kind, n) in CLIENT_FAULT_KINDS.iter().zip(&self.client_faults) {
             out.sample("balancer_client_faults_total", &[("kind", kind)], get(n));
         }
+        out.sample(
+            "balancer_client_faults_total",
+            &[("kind", "stalled_reader")],
+            get(&self.stalled_readers),
+        );
         out
     }
 }

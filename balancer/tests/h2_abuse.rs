@@ -313,20 +313,27 @@ async fn rapid_reset_gets_the_connection_cut_and_others_are_served() {
         "rapid reset: opened {opened} streams; send error: {refused:?}; connection ended: {ended:?}; origin hits: {}",
         origin.hits()
     );
-    // The server's GOAWAY reaches whichever side of the client reads it first: the
-    // request sender, or the connection future (which may instead see the broken pipe of
-    // its own next write once the server has closed).
+    // The server sends GOAWAY(ENHANCE_YOUR_CALM) and closes. Whichever side of the client
+    // reads it first reports it: the request sender or the connection future. The client
+    // may also never read it: the server closes with the client's unread frames in its
+    // buffer, so the kernel resets the connection and the GOAWAY can be lost; then the
+    // connection fails with an I/O error (broken pipe, reset). Either way it was cut.
     let ended = ended.expect_err("the abusive connection ended cleanly");
-    let go_away = [refused.as_ref(), Some(&ended)]
+    match [refused.as_ref(), Some(&ended)]
         .into_iter()
         .flatten()
         .find(|e| e.is_go_away())
-        .unwrap_or_else(|| panic!("no GOAWAY: send {refused:?}, connection {ended:?}"));
-    assert_eq!(
-        go_away.reason(),
-        Some(Reason::ENHANCE_YOUR_CALM),
-        "{go_away:?}"
-    );
+    {
+        Some(go_away) => assert_eq!(
+            go_away.reason(),
+            Some(Reason::ENHANCE_YOUR_CALM),
+            "{go_away:?}"
+        ),
+        None => assert!(
+            ended.is_io(),
+            "neither a GOAWAY nor a cut connection: send {refused:?}, connection {ended:?}"
+        ),
+    }
 
     let (ok, total) = bystander.finish(200).await;
     let growth = rss().saturating_sub(before);

@@ -9,6 +9,16 @@ use crate::reconcile::Snapshot;
 pub fn render(snap: &Snapshot, reports: &Reports) -> String {
     let mut out = PromText::with_capacity(2048);
     let (received, malformed) = reports.counters();
+    out.family(
+        "agent_build_info",
+        Kind::Gauge,
+        "Always 1; the version label is the agent's version.",
+    );
+    out.sample(
+        "agent_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
     let singles: [(&str, &str, Kind, f64); 12] = [
         (
             "agent_desired_containers",
@@ -180,35 +190,12 @@ pub fn render(snap: &Snapshot, reports: &Reports) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::Snapshot;
-    use crate::model::{Category, Container, Scores};
+    use crate::model::Category;
     use crate::reconcile::ContainerView;
+    use crate::reconcile::Snapshot;
 
     fn view(name: &str, category: Category, overall: Option<f64>) -> ContainerView {
-        ContainerView {
-            container: Container {
-                id: format!("id-{name}"),
-                name: name.into(),
-                address: "10.0.0.2:5000".into(),
-                image: "img".into(),
-                category,
-                scores: overall.map(|overall| Scores {
-                    cpu: overall,
-                    memory: overall,
-                    network: overall,
-                    availability: overall,
-                    overall,
-                }),
-                created_ms: 1_000,
-                ready_ms: Some(2_000),
-                scored_ms: None,
-                sundown_ms: None,
-                sundown_version: None,
-                sundown_balancers: Vec::new(),
-            },
-            in_flight: 0,
-            traffic: None,
-        }
+        ContainerView::fixture(name, category, overall)
     }
 
     #[test]
@@ -241,4 +228,181 @@ mod tests {
         }
         assert!(!text.contains("app-2"), "unscored containers have no score");
     }
+
+    /// A snapshot with every optional part present: several containers in every state,
+    /// traffic, both scaler windows, host load, a task queue, received reports.
+    fn rich_snapshot() -> (Snapshot, Reports) {
+        use crate::scaler::{Observed, WindowStats};
+        use crate::traffic::Observed as Traffic;
+
+        let traffic = |rps: f64, p50: Option<f64>| Traffic {
+            requests_per_s: rps,
+            started_per_s: rps + 1.0,
+            in_flight: rps / 10.0,
+            latency_p50_ms: p50,
+            latency_p99_ms: p50.map(|x| x * 4.0),
+            errors_per_s: rps / 100.0,
+        };
+        let mut containers = vec![
+            view("app-1", Category::Low, Some(82.5)),
+            view("app-2", Category::Medium, Some(55.0)),
+            view("app-3", Category::High, Some(12.25)),
+            view("app-4", Category::Init, None),
+            view("app-5", Category::Sundown, Some(90.0)),
+            // Docker names cannot hold these, but label values must be escaped anyway.
+            view("odd \"name\" \\ ,x=y\nz", Category::Low, Some(70.0)),
+        ];
+        containers[0].traffic = Some(traffic(120.0, Some(3.5)));
+        containers[1].traffic = Some(traffic(80.0, None));
+        containers[2].traffic = Some(traffic(0.0, Some(250.0)));
+        containers[0].in_flight = 4;
+        let window = |concurrency: f64| WindowStats {
+            concurrency,
+            backlog: Some(1.1),
+            queue_depth: Some(7.0),
+            covered_ms: 6_000,
+            started_per_s: 200.0,
+            cpu_demand: Some(0.5),
+        };
+        let snap = Snapshot {
+            at_ms: 1_700_000_000_000,
+            desired: 5,
+            active: 5,
+            containers,
+            queue_version: 42,
+            docker_ok: true,
+            redis_ok: true,
+            image_ready: true,
+            scoring_us: 2_750,
+            scale_ups: 3,
+            scale_downs: 1,
+            replaced: 2,
+            host_saturated: true,
+            host_busy: Some(0.93),
+            scaling: Observed {
+                panic: window(12.5),
+                stable: window(8.0),
+                host_busy: Some(0.93),
+                host_busy_max: Some(0.97),
+                balancers: 2,
+            },
+            task_queue_depth: Some(7.0),
+            ..Snapshot::default()
+        };
+        let reports = Reports::default();
+        for i in 0..3 {
+            reports.record(
+                1,
+                protocol::Report {
+                    balancer: format!("b{i}"),
+                    interval_ms: 1_000,
+                    queue_version: 42,
+                    backends: Vec::new(),
+                    task_queue_depth: Some(7),
+                },
+            );
+        }
+        (snap, reports)
+    }
+
+    #[test]
+    fn metrics_parse_as_prometheus_text_and_follow_the_conventions() {
+        let (snap, reports) = rich_snapshot();
+        let text = render(&snap, &reports);
+        let e = testkit::prom_check::assert_conventions(&text, "agent_");
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            e.value("agent_build_info", &[("version", version)]),
+            Some(1.0)
+        );
+        assert_eq!(e.value("agent_desired_containers", &[]), Some(5.0));
+        assert_eq!(e.value("agent_scale_ups_total", &[]), Some(3.0));
+        assert_eq!(e.value("agent_reports_received_total", &[]), Some(3.0));
+        assert_eq!(e.value("agent_scoring_round_seconds", &[]), Some(0.00275));
+        assert_eq!(e.value("agent_host_cpu_busy_ratio", &[]), Some(0.93));
+        assert_eq!(e.value("agent_task_queue_depth", &[]), Some(7.0));
+        assert_eq!(
+            e.value("agent_observed_concurrency", &[("window", "panic")]),
+            Some(12.5)
+        );
+        // Every scored container has a score, with its category; the odd name round-trips.
+        assert_eq!(e.samples("agent_container_score").count(), 5);
+        assert_eq!(
+            e.value(
+                "agent_container_score",
+                &[("name", "odd \"name\" \\ ,x=y\nz"), ("category", "LU")]
+            ),
+            Some(70.0)
+        );
+        assert_eq!(
+            e.value(
+                "agent_container_score",
+                &[("name", "app-5"), ("category", "SUNDOWN")]
+            ),
+            Some(90.0)
+        );
+        // Reported latencies are in seconds.
+        assert_eq!(
+            e.value("agent_container_latency_p50_seconds", &[("name", "app-1")]),
+            Some(0.0035)
+        );
+        assert_eq!(
+            e.value("agent_container_latency_p99_seconds", &[("name", "app-3")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            e.value("agent_container_latency_p50_seconds", &[("name", "app-2")]),
+            None,
+            "no latency without completed requests"
+        );
+        assert_eq!(
+            e.value("agent_container_requests_per_second", &[("name", "app-1")]),
+            Some(120.0)
+        );
+        // Every family the agent can write is on this page, each with HELP and TYPE.
+        assert_eq!(e.families.len(), FAMILIES.len(), "{:?}", e.families);
+        for name in FAMILIES {
+            assert!(e.family(name).is_some(), "{name} missing:\n{text}");
+        }
+        // artefacts/metrics.md documents exactly these; the dashboard queries only these.
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../artefacts/");
+        let doc = std::fs::read_to_string(format!("{root}metrics.md")).unwrap();
+        if let Err(problems) = e.documented_in("metrics.md", &doc, "agent_") {
+            panic!("artefacts/metrics.md and the agent's /metrics disagree:\n{problems}");
+        }
+        let dashboard = std::fs::read_to_string(format!("{root}grafana-dashboard.json")).unwrap();
+        for name in testkit::prom_check::names_in(&dashboard, "agent_") {
+            assert!(
+                e.family(&name).is_some(),
+                "the dashboard queries {name}, which /metrics does not have"
+            );
+        }
+    }
+
+    /// Every family of the agent's `/metrics` (documented in artefacts/metrics.md).
+    const FAMILIES: [&str; 23] = [
+        "agent_build_info",
+        "agent_desired_containers",
+        "agent_active_containers",
+        "agent_queue_version",
+        "agent_docker_up",
+        "agent_redis_up",
+        "agent_balancers_connected",
+        "agent_scale_ups_total",
+        "agent_scale_downs_total",
+        "agent_containers_replaced_total",
+        "agent_scoring_round_seconds",
+        "agent_reports_received_total",
+        "agent_frames_ignored_total",
+        "agent_container_score",
+        "agent_host_saturated",
+        "agent_host_cpu_busy_ratio",
+        "agent_task_queue_depth",
+        "agent_observed_concurrency",
+        "agent_container_requests_per_second",
+        "agent_container_in_flight",
+        "agent_container_latency_p50_seconds",
+        "agent_container_latency_p99_seconds",
+        "agent_container_errors_per_second",
+    ];
 }

@@ -6,6 +6,10 @@
 //! - [`missing`]: a component a test needs is absent: fail under `CI=true`, else skip
 //!   with a message. Tests never pass silently in CI.
 //! - [`free_port`].
+//! - [`prom_check`]: a `/metrics` page parsed (`prometheus-parse` and a strict reader) and
+//!   held to the Prometheus naming conventions.
+
+pub mod prom_check;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
