@@ -59,12 +59,14 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves `handler` on `listener` until `shutdown` completes, then waits up to `grace` for
-/// open connections to finish their requests.
+/// open connections to finish their requests. `counted`: the metrics whose connection
+/// gauges this listener's connections count in (`None` for the admin listener, so that a
+/// scrape does not count itself).
 pub async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
     limits: Limits,
-    metrics: Arc<Metrics>,
+    counted: Option<Arc<Metrics>>,
     grace: Duration,
     handler: H,
     shutdown: impl Future<Output = ()>,
@@ -89,10 +91,12 @@ pub async fn serve<H, F>(
     }) = acceptor.next(shutdown.as_mut()).await
     {
         while connections.try_join_next().is_some() {}
-        metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-        metrics.connections_active.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &counted {
+            m.connections_total.fetch_add(1, Ordering::Relaxed);
+            m.connections_active.fetch_add(1, Ordering::Relaxed);
+        }
         let open = OpenConnection {
-            metrics: metrics.clone(),
+            metrics: counted.clone(),
             _permit: permit,
         };
         let io = TokioIo::new(stream);
@@ -155,14 +159,14 @@ pub async fn serve<H, F>(
 /// Counts an open connection and holds its slot under `MAX_CONNECTIONS` until dropped (also
 /// when its task is aborted after the grace period).
 struct OpenConnection {
-    metrics: Arc<Metrics>,
+    metrics: Option<Arc<Metrics>>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.metrics
-            .connections_active
-            .fetch_sub(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.connections_active.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }

@@ -321,4 +321,9 @@ async fn a_fresh_balancer_already_follows_the_conventions() {
         e.value("balancer_request_duration_seconds_count", &[]),
         Some(0.0)
     );
+    // Scrapes are admin connections: they do not count as client connections.
+    let again = scrape(&b).await;
+    for name in ["balancer_connections_total", "balancer_connections_active"] {
+        assert_eq!(again.value(name, &[]), Some(0.0), "{name}");
+    }
 }
