@@ -31,6 +31,7 @@ pub mod cache;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod h1;
 pub mod headers;
 pub mod histogram;
 pub mod memory;

@@ -133,6 +133,15 @@ impl RequestBody {
         }
     }
 
+    /// The whole body when it is in memory (`Some(None)`: empty); `None` when it streams.
+    pub fn in_memory(&self) -> Option<Option<&Bytes>> {
+        match &self.kind {
+            RequestKind::Empty => Some(None),
+            RequestKind::Full(b) => Some(b.as_ref()),
+            RequestKind::Streaming(_) => None,
+        }
+    }
+
     /// For a streamed body: a flag set once the client has sent all of it. A request that
     /// times out before that was held up by its client, not by the backend.
     pub fn progress(&self) -> Option<Arc<AtomicBool>> {

@@ -1,5 +1,10 @@
 //! Keep-alive HTTP/1.1 connections to one backend.
 //!
+//! Two kinds: a request whose body is in memory (none, or buffered) and that asks for no
+//! upgrade goes over the balancer's own client ([`crate::h1`]), driven by the client
+//! connection's task itself; a streamed request body or an upgrade goes over hyper's client,
+//! described below. Both kinds share the pool's logic and the stall watchdog.
+//!
 //! Each backend owns a [`ConnPool`]: a short LIFO stack of idle `hyper::client::conn::http1`
 //! senders behind a mutex held only to push or pop. A request takes the most recently used
 //! connection (or opens one). The sender travels with the response body ([`UpstreamBody`])
@@ -30,11 +35,13 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwapOption;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
+use bytes::{Bytes, BytesMut};
+use http::{header, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -42,7 +49,11 @@ use hyper_util::rt::TokioIo;
 use log::debug;
 use tokio::net::TcpStream;
 
+use crate::h1::{self, Chunk, ChunkedDecoder, Framing, H1Error};
 use crate::request_body::RequestBody;
+
+/// Errors of response bodies (hyper's or [`H1Error`]).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Idle connections kept per backend; more are closed when returned.
 const MAX_IDLE: usize = 1024;
@@ -63,6 +74,9 @@ pub enum UpstreamError {
     /// The request may have reached the backend.
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// The same, on the balancer's own client.
+    #[error(transparent)]
+    Own(#[from] H1Error),
 }
 
 /// How connections are opened: the connect timeout and the size of each connection's read
@@ -106,6 +120,13 @@ pub struct Lease {
     polls: AtomicU64,
     /// The watchdog closed the connection.
     cut: AtomicBool,
+    /// The connection is gone: the watchdog stops (own connections; a hyper connection's
+    /// watchdog ends with its task).
+    closed: AtomicBool,
+    /// An own connection's socket. It lives here, not in the connection, so that the
+    /// watchdog can close it while the body is not being polled (a shutdown would not do:
+    /// the backend, blocked writing into a full window, only notices a reset).
+    socket: ArcSwapOption<TcpStream>,
 }
 
 impl Lease {
@@ -129,16 +150,38 @@ impl Lease {
     pub fn was_cut(&self) -> bool {
         self.cut.load(Ordering::Relaxed)
     }
+
+    /// The watchdog found the client stalled: close the connection under the body (the
+    /// socket closes as soon as no poll holds it).
+    fn cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+        self.socket.store(None);
+    }
+
+    /// The connection was dropped.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.socket.store(None);
+    }
+
+    /// The own connection's socket, unless it was cut.
+    fn io(&self) -> Result<Arc<TcpStream>, H1Error> {
+        self.socket.load_full().ok_or(H1Error::Stalled)
+    }
 }
 
-/// Resolves once a body has been out with the client, untouched, for `timeout` (checked
-/// every half of it, so the cut comes between 1× and 1.5× `timeout` after the last frame).
-async fn stalled(lease: &Lease, timeout: Duration) {
+/// Resolves to `true` once a body has been out with the client, untouched, for `timeout`
+/// (checked every half of it, so the cut comes between 1× and 1.5× `timeout` after the
+/// last frame), or to `false` once the connection is closed.
+async fn stalled(lease: &Lease, timeout: Duration) -> bool {
     let period = timeout / 2;
     let mut last = u64::MAX;
     let mut quiet = 0;
     loop {
         tokio::time::sleep(period).await;
+        if lease.closed.load(Ordering::Relaxed) {
+            return false;
+        }
         let polls = lease.polls.load(Ordering::Relaxed);
         let clients_turn = lease.turn.load(Ordering::Relaxed) == CLIENT_TURN;
         quiet = if clients_turn && polls == last {
@@ -148,7 +191,7 @@ async fn stalled(lease: &Lease, timeout: Duration) {
         };
         last = polls;
         if quiet >= 2 {
-            return;
+            return true;
         }
     }
 }
@@ -174,17 +217,64 @@ struct Idle {
     since: Instant,
 }
 
+/// One of the balancer's own HTTP/1.1 connections (see [`crate::h1`]); its socket is in
+/// its [`Lease`].
+struct OwnConn {
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// What the connection reads at a time (`UPSTREAM_BUFFER_BYTES`).
+    chunk: usize,
+    lease: Arc<Lease>,
+    since: Instant,
+}
+
+impl Drop for OwnConn {
+    fn drop(&mut self) {
+        self.lease.close();
+    }
+}
+
 /// The idle connections of one backend.
 #[derive(Default)]
 pub struct ConnPool {
     idle: Mutex<Vec<Idle>>,
+    own: Mutex<Vec<OwnConn>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ConnPool {
     fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        locked(&self.idle)
+    }
+
+    /// The most recently used own connection that is still open and silent.
+    fn checkout_own(&self) -> Option<OwnConn> {
+        loop {
+            let conn = locked(&self.own).pop()?;
+            if conn.since.elapsed() > IDLE_EXPIRY {
+                continue;
+            }
+            // An idle connection has nothing to say: a byte or an end of stream means the
+            // backend closed it (or broke the protocol).
+            let alive = conn.lease.socket.load().as_ref().is_some_and(|io| {
+                matches!(io.try_read(&mut [0u8; 1]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            });
+            if alive {
+                return Some(conn);
+            }
+        }
+    }
+
+    fn put_own(&self, mut conn: OwnConn) {
+        conn.since = Instant::now();
+        let mut idle = locked(&self.own);
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
     }
 
     /// The most recently used live connection, ready for a request.
@@ -224,6 +314,12 @@ impl ConnPool {
         dial: &Dial,
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, Unsent> {
+        if let Some(body) = req.body().in_memory() {
+            if !req.headers().contains_key(header::UPGRADE) {
+                let body = body.cloned();
+                return self.send_own(address, dial, req, body).await;
+            }
+        }
         let mut req = req;
         let mut fresh = false;
         loop {
@@ -248,11 +344,13 @@ impl ConnPool {
                     let pool = Arc::clone(self);
                     let lease = sender.lease.clone();
                     return Ok(resp.map(|body| UpstreamBody {
-                        body,
                         lease,
-                        sender: Some(sender),
-                        pool,
                         failed: None,
+                        inner: Inner::Hyper {
+                            body,
+                            sender: Some(sender),
+                            pool,
+                        },
                     }));
                 }
                 Err(mut e) => match e.take_message() {
@@ -271,26 +369,165 @@ impl ConnPool {
             }
         }
     }
+
+    /// [`ConnPool::send`] over the balancer's own client: `body` is the request's body,
+    /// in memory.
+    async fn send_own(
+        self: &Arc<Self>,
+        address: &str,
+        dial: &Dial,
+        req: Request<RequestBody>,
+        body: Option<Bytes>,
+    ) -> Result<Response<UpstreamBody>, Unsent> {
+        let mut head = Vec::with_capacity(512 + body.as_ref().map_or(0, Bytes::len));
+        h1::encode_request(&req, body.as_ref(), &mut head);
+        let failed = |error: H1Error| Unsent {
+            error: UpstreamError::Own(error),
+            request: None,
+        };
+        loop {
+            let (mut conn, fresh) = match self.checkout_own() {
+                Some(conn) => (conn, false),
+                None => match connect_own(address, dial).await {
+                    Ok(conn) => (conn, true),
+                    Err(error) => {
+                        return Err(Unsent {
+                            error,
+                            request: Some(req),
+                        })
+                    }
+                },
+            };
+            let io = conn.lease.io().map_err(failed)?;
+            match write_counting(&io, &head).await {
+                Ok(()) => {}
+                // Nothing written on a pooled connection: it was closing. Safe to send again.
+                Err((_, 0)) if !fresh => {
+                    debug!("pooled connection to {address} closed before use; reconnecting");
+                    continue;
+                }
+                Err((e, _)) => return Err(failed(H1Error::Io(e))),
+            }
+            let resp = read_head(&mut conn, &io).await.map_err(failed)?;
+            drop(io);
+            let (framing, reusable) =
+                h1::response_framing(req.method(), resp.status(), resp.version(), resp.headers())
+                    .map_err(failed)?;
+            let state = match framing {
+                Framing::Empty | Framing::Length(0) => OwnState::Done,
+                Framing::Length(n) => OwnState::Length(n),
+                Framing::Chunked => OwnState::Chunked(ChunkedDecoder::new(conn.chunk)),
+                Framing::UntilClose => OwnState::UntilClose,
+            };
+            conn.lease.start();
+            let lease = conn.lease.clone();
+            return Ok(resp.map(|()| UpstreamBody {
+                lease,
+                failed: None,
+                inner: Inner::Own {
+                    conn: Some(conn),
+                    state,
+                    reusable,
+                    pool: Arc::clone(self),
+                },
+            }));
+        }
+    }
+}
+
+/// Writes all of `bytes`; on failure also says how many were written.
+async fn write_counting(io: &TcpStream, bytes: &[u8]) -> Result<(), (std::io::Error, usize)> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match io.try_write(&bytes[written..]) {
+            Ok(0) => return Err((std::io::ErrorKind::WriteZero.into(), written)),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                io.writable().await.map_err(|e| (e, written))?;
+            }
+            Err(e) => return Err((e, written)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads the final response head (informational ones are skipped) within the connection's
+/// buffer size.
+async fn read_head(conn: &mut OwnConn, io: &TcpStream) -> Result<Response<()>, H1Error> {
+    loop {
+        match h1::parse_head(&mut conn.buf)? {
+            Some(resp) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                return Err(H1Error::Malformed("101 without an upgrade asked for"));
+            }
+            Some(resp) if resp.status().is_informational() => continue,
+            Some(resp) => return Ok(resp),
+            None if conn.buf.len() >= conn.chunk => return Err(H1Error::HeadTooLarge(conn.chunk)),
+            None => {
+                if h1::fill(io, &mut conn.buf, conn.chunk).await? == 0 {
+                    return Err(H1Error::ClosedBeforeHead);
+                }
+            }
+        }
+    }
+}
+
+/// Where an own connection's response body is.
+enum OwnState {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    Done,
+}
+
+enum Inner {
+    Hyper {
+        body: Incoming,
+        sender: Option<Sender>,
+        pool: Arc<ConnPool>,
+    },
+    Own {
+        /// `None` once released or failed.
+        conn: Option<OwnConn>,
+        state: OwnState,
+        reusable: bool,
+        pool: Arc<ConnPool>,
+    },
 }
 
 /// A response body from a backend. Its connection goes back to the pool once the body has
 /// been read to the end, and is closed if the body is dropped before that (the rest of the
 /// body would still be on the wire).
 pub struct UpstreamBody {
-    body: Incoming,
-    sender: Option<Sender>,
-    /// Kept after the sender is gone, for [`UpstreamBody::stalled`].
+    inner: Inner,
+    /// Kept after the connection is gone, for [`UpstreamBody::stalled`].
     lease: Arc<Lease>,
-    pool: Arc<ConnPool>,
     /// A failure held back for one turn (see [`UpstreamBody::poll_frame`]).
-    failed: Option<hyper::Error>,
+    failed: Option<BoxError>,
 }
 
 impl UpstreamBody {
     fn release(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            sender.lease.end();
-            self.pool.put(sender);
+        match &mut self.inner {
+            Inner::Hyper { sender, pool, .. } => {
+                if let Some(sender) = sender.take() {
+                    sender.lease.end();
+                    pool.put(sender);
+                }
+            }
+            Inner::Own {
+                conn,
+                reusable,
+                pool,
+                ..
+            } => {
+                if let Some(conn) = conn.take() {
+                    // Bytes past the end of the body: the backend broke the framing.
+                    if *reusable && conn.buf.is_empty() {
+                        conn.lease.end();
+                        pool.put_own(conn);
+                    }
+                }
+            }
         }
     }
 
@@ -298,24 +535,108 @@ impl UpstreamBody {
     pub fn stalled(&self) -> bool {
         self.lease.was_cut()
     }
+
+    /// The next frame of an own connection's body.
+    fn poll_own(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Inner::Own { conn, state, .. } = &mut self.inner else {
+            return Poll::Ready(None);
+        };
+        loop {
+            let Some(c) = conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match state {
+                OwnState::Done => {
+                    self.release();
+                    return Poll::Ready(None);
+                }
+                OwnState::Length(left) if !c.buf.is_empty() => {
+                    let take = usize::try_from(*left)
+                        .unwrap_or(usize::MAX)
+                        .min(c.buf.len());
+                    let data = c.buf.split_to(take).freeze();
+                    *left -= take as u64;
+                    if *left == 0 {
+                        *state = OwnState::Done;
+                        // hyper may not poll again once the body says it has ended.
+                        self.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                OwnState::UntilClose if !c.buf.is_empty() => {
+                    let data = c.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                OwnState::Chunked(decoder) => match decoder.decode(&mut c.buf) {
+                    Ok(Some(Chunk::Data(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Some(Chunk::Trailers(trailers))) => {
+                        *state = OwnState::Done;
+                        self.release();
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    Ok(Some(Chunk::End)) => {
+                        *state = OwnState::Done;
+                        self.release();
+                        return Poll::Ready(None);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        *conn = None;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                },
+                _ => {}
+            }
+            let socket = c.lease.socket.load();
+            let Some(io) = socket.as_ref() else {
+                *conn = None;
+                return Poll::Ready(Some(Err(H1Error::Stalled.into())));
+            };
+            let read = match h1::poll_fill(io, &mut c.buf, c.chunk, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r,
+            };
+            drop(socket);
+            let error = match read {
+                Ok(0) if matches!(state, OwnState::UntilClose) => {
+                    *state = OwnState::Done;
+                    *conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => H1Error::ClosedInBody,
+                Ok(_) => continue,
+                Err(e) => H1Error::Io(e),
+            };
+            *conn = None;
+            let error = if self.lease.was_cut() {
+                H1Error::Stalled
+            } else {
+                error
+            };
+            return Poll::Ready(Some(Err(error.into())));
+        }
+    }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if let Some(e) = this.failed.take() {
             return Poll::Ready(Some(Err(e)));
         }
-        let r = Pin::new(&mut this.body).poll_frame(cx);
-        if let Some(sender) = &this.sender {
-            sender.lease.polled(r.is_pending());
-        }
+        let r = match &mut this.inner {
+            Inner::Hyper { body, .. } => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BoxError::from))),
+            Inner::Own { .. } => this.poll_own(cx),
+        };
+        this.lease.polled(r.is_pending());
         match r {
             Poll::Ready(None) => {
                 this.release();
@@ -326,7 +647,10 @@ impl Body for UpstreamBody {
                 // same turn as the failure. Failing at once would make hyper's server drop
                 // them unflushed (the client would see a bare close); yielding once lets
                 // them reach the client first.
-                this.sender = None;
+                match &mut this.inner {
+                    Inner::Hyper { sender, .. } => *sender = None,
+                    Inner::Own { conn, .. } => *conn = None,
+                }
                 this.failed = Some(e);
                 cx.waker().wake_by_ref();
                 Poll::Pending
@@ -336,41 +660,83 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.inner {
+            Inner::Hyper { body, .. } => body.is_end_stream(),
+            Inner::Own { state, .. } => matches!(state, OwnState::Done),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.inner {
+            Inner::Hyper { body, .. } => body.size_hint(),
+            Inner::Own { state, .. } => match state {
+                OwnState::Length(n) => SizeHint::with_exact(*n),
+                OwnState::Done => SizeHint::with_exact(0),
+                _ => SizeHint::default(),
+            },
+        }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // An empty body (HEAD, 204, 304, Content-Length: 0) may never be polled.
-        if self.body.is_end_stream() {
+        if self.is_end_stream() {
             self.release();
         }
     }
 }
 
-async fn connect(address: &str, dial: &Dial) -> Result<Sender, UpstreamError> {
+/// Opens a TCP connection to `address` within the connect timeout.
+async fn open(address: &str, dial: &Dial) -> Result<TcpStream, UpstreamError> {
     let timeout = dial.connect_timeout;
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(source)) => {
-            return Err(UpstreamError::Connect {
-                address: address.to_string(),
-                source,
-            })
+    match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
         }
-        Err(_) => {
-            return Err(UpstreamError::ConnectTimeout {
-                address: address.to_string(),
-                timeout,
-            })
-        }
-    };
-    let _ = stream.set_nodelay(true);
+        Ok(Err(source)) => Err(UpstreamError::Connect {
+            address: address.to_string(),
+            source,
+        }),
+        Err(_) => Err(UpstreamError::ConnectTimeout {
+            address: address.to_string(),
+            timeout,
+        }),
+    }
+}
+
+/// A new own connection, with its stall watchdog when `dial` asks for one.
+async fn connect_own(address: &str, dial: &Dial) -> Result<OwnConn, UpstreamError> {
+    let io = open(address, dial).await?;
+    let lease = Arc::new(Lease::default());
+    lease.socket.store(Some(Arc::new(io)));
+    if let Some(timeout) = dial.stall_timeout {
+        let watched = lease.clone();
+        let stalls = dial.stalls.clone();
+        let address = address.to_string();
+        tokio::spawn(async move {
+            if stalled(&watched, timeout).await {
+                watched.cut();
+                stalls.fetch_add(1, Ordering::Relaxed);
+                debug!(
+                    "closing the connection to {address}: the client took nothing of the \
+                     response for {timeout:?}"
+                );
+            }
+        });
+    }
+    let chunk = dial.buffer_bytes.max(MIN_BUFFER_BYTES);
+    Ok(OwnConn {
+        buf: BytesMut::with_capacity(chunk),
+        chunk,
+        lease,
+        since: Instant::now(),
+    })
+}
+
+async fn connect(address: &str, dial: &Dial) -> Result<Sender, UpstreamError> {
+    let stream = open(address, dial).await?;
     let (send, conn) = http1::Builder::new()
         .max_buf_size(dial.buffer_bytes.max(MIN_BUFFER_BYTES))
         .handshake(TokioIo::new(stream))
@@ -400,7 +766,7 @@ async fn connect(address: &str, dial: &Dial) -> Result<Sender, UpstreamError> {
             ended = conn => if let Err(e) = ended {
                 debug!("upstream connection ended: {e}");
             },
-            () = stalled(&lease, timeout) => {
+            true = stalled(&lease, timeout) => {
                 lease.cut.store(true, Ordering::Relaxed);
                 stalls.fetch_add(1, Ordering::Relaxed);
                 debug!(

@@ -1,0 +1,572 @@
+//! The balancer's own HTTP/1.1 client, for the common exchange: a request whose body is in
+//! memory (none, or buffered under `BUFFER_BODY_BYTES`) and that asks for no upgrade.
+//!
+//! hyper's client runs every connection in a task of its own and hands each request, its
+//! response head and every body chunk across channels to it; with the proxy's server side in
+//! another task that is several wake-ups and channel operations per exchange. Here the client
+//! connection's task writes the request and reads the response itself: the head is parsed
+//! with `httparse` (as hyper does), the body is sliced out of the connection's read buffer
+//! without copying, and the connection goes back to its pool when the body has ended.
+//! Streamed request bodies and upgrades still go through hyper's client (`upstream.rs`).
+//!
+//! The framing rules are RFC 9112 §6.3, with what a proxy must refuse: a response with
+//! differing `Content-Length` values or an unparsable one is an error (502), a
+//! `Transfer-Encoding` with a `Content-Length` is read as chunked and the connection is not
+//! reused, a body without length is read until the connection closes.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use tokio::net::TcpStream;
+
+/// Most response header fields accepted (hyper's default is 100).
+const MAX_RESPONSE_HEADERS: usize = 128;
+/// Longest chunk-size line (size, extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    #[error("backend connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the backend closed the connection before a complete response head")]
+    ClosedBeforeHead,
+    #[error("the backend closed the connection in the middle of the body")]
+    ClosedInBody,
+    #[error("response head larger than {0} bytes (UPSTREAM_BUFFER_BYTES)")]
+    HeadTooLarge(usize),
+    #[error("malformed response: {0}")]
+    Malformed(&'static str),
+    #[error("the client took nothing of the response for too long; backend connection closed")]
+    Stalled,
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the backend closes the connection.
+    UntilClose,
+}
+
+/// The framing of a response to `method` and whether its connection can carry another
+/// exchange afterwards.
+pub fn response_framing(
+    method: &Method,
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<(Framing, bool), H1Error> {
+    let mut reusable = version == Version::HTTP_11
+        && !headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), b"close"));
+    if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Empty, reusable));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(|t| t.trim_ascii())
+            .rfind(|t| !t.is_empty());
+        // With a Content-Length too the message was meant to smuggle: read it as chunked
+        // (the length is ignored) and never reuse the connection.
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            reusable = false;
+        }
+        return Ok(match last {
+            Some(t) if t.eq_ignore_ascii_case(b"chunked") => (Framing::Chunked, reusable),
+            _ => (Framing::UntilClose, false),
+        });
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let n = parse_decimal(part.trim_ascii())
+                .ok_or(H1Error::Malformed("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(H1Error::Malformed("differing Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (Framing::Length(n), reusable),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Whether the comma-separated list `value` holds `token` (case-insensitive).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Writes the request head, and `body` after it, into `out`. The body is framed with a
+/// `Content-Length` of its size (any `Transfer-Encoding` and `Content-Length` of the
+/// request are replaced); without a body the head goes as it is, without
+/// `Transfer-Encoding`, as hyper's client does.
+pub fn encode_request<B>(req: &Request<B>, body: Option<&Bytes>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        if name == header::TRANSFER_ENCODING || (body.is_some() && name == header::CONTENT_LENGTH) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(body) = body {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(body);
+    } else {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// What the chunked decoder found.
+#[derive(Debug, PartialEq)]
+pub enum Chunk {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+/// Decodes a chunked body out of a read buffer, as the bytes arrive.
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+    /// Largest trailer section accepted.
+    max_trailers: usize,
+}
+
+impl ChunkedDecoder {
+    pub fn new(max_trailers: usize) -> ChunkedDecoder {
+        ChunkedDecoder {
+            state: ChunkState::Size,
+            max_trailers,
+        }
+    }
+
+    /// The next piece of the body out of `buf` (consumed), or `None` when more bytes are
+    /// needed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Chunk>, H1Error> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(end) = find_crlf(buf) else {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(H1Error::Malformed("chunk-size line too long"));
+                        }
+                        return Ok(None);
+                    };
+                    let line = &buf[..end];
+                    let digits = line
+                        .iter()
+                        .position(|b| !b.is_ascii_hexdigit())
+                        .unwrap_or(line.len());
+                    let rest = line[digits..].trim_ascii_start();
+                    if digits == 0 || digits > 16 || !(rest.is_empty() || rest[0] == b';') {
+                        return Err(H1Error::Malformed("invalid chunk size"));
+                    }
+                    let size = line[..digits].iter().fold(0u64, |n, d| {
+                        n << 4 | u64::from(char::from(*d).to_digit(16).unwrap_or(0))
+                    });
+                    let _ = buf.split_to(end + 2);
+                    self.state = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let data = buf.split_to(take).freeze();
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                    return Ok(Some(Chunk::Data(data)));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(H1Error::Malformed("chunk data not followed by CRLF"));
+                    }
+                    let _ = buf.split_to(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        let _ = buf.split_to(2);
+                        self.state = ChunkState::Done;
+                        return Ok(Some(Chunk::End));
+                    }
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        if buf.len() > self.max_trailers {
+                            return Err(H1Error::Malformed("trailer section too large"));
+                        }
+                        return Ok(None);
+                    };
+                    let section = buf.split_to(end + 4).freeze();
+                    let trailers = parse_fields(&section)?;
+                    self.state = ChunkState::Done;
+                    return Ok(Some(Chunk::Trailers(trailers)));
+                }
+                ChunkState::Done => return Ok(Some(Chunk::End)),
+            }
+        }
+    }
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// Header fields of `section` (which ends with an empty line), values shared with it.
+fn parse_fields(section: &Bytes) -> Result<HeaderMap, H1Error> {
+    let mut raw = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let fields = match httparse::parse_headers(section, &mut raw) {
+        Ok(httparse::Status::Complete((_, fields))) => fields,
+        Ok(httparse::Status::Partial) | Err(_) => {
+            return Err(H1Error::Malformed("invalid header fields"))
+        }
+    };
+    to_header_map(section, fields)
+}
+
+fn to_header_map(base: &Bytes, fields: &[httparse::Header<'_>]) -> Result<HeaderMap, H1Error> {
+    let mut map = HeaderMap::with_capacity(fields.len());
+    let start = base.as_ptr() as usize;
+    for f in fields {
+        let name = HeaderName::from_bytes(f.name.as_bytes())
+            .map_err(|_| H1Error::Malformed("invalid header name"))?;
+        let offset = f.value.as_ptr() as usize - start;
+        let value = HeaderValue::from_maybe_shared(base.slice(offset..offset + f.value.len()))
+            .map_err(|_| H1Error::Malformed("invalid header value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// The response head at the start of `buf` (consumed), or `None` while it is incomplete.
+/// Field values share the buffer's memory.
+pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, H1Error> {
+    // Uninitialised: zeroing 128 fields cost more than parsing a typical head.
+    let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut raw,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(H1Error::Malformed("too many header fields"))
+        }
+        Err(_) => return Err(H1Error::Malformed("invalid response head")),
+    };
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(H1Error::Malformed("invalid status code"))?;
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Names now; values once the head is split off `buf` (where they are, by offset).
+    let start = buf.as_ptr() as usize;
+    let mut fields = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| H1Error::Malformed("invalid header name"))?;
+        let at = h.value.as_ptr() as usize - start;
+        fields.push((name, at, h.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, at, n) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
+            .map_err(|_| H1Error::Malformed("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    *resp.headers_mut() = headers;
+    Ok(Some(resp))
+}
+
+/// Reads what the socket has into `buf` (reserving `chunk` bytes when it is nearly full).
+pub fn poll_fill(
+    io: &TcpStream,
+    buf: &mut BytesMut,
+    chunk: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(chunk);
+    }
+    loop {
+        ready!(io.poll_read_ready(cx))?;
+        match io.try_read_buf(buf) {
+            Ok(n) => return Poll::Ready(Ok(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// [`poll_fill`] as a future.
+pub async fn fill(io: &TcpStream, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
+    std::future::poll_fn(|cx| poll_fill(io, buf, chunk, cx)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn framing(
+        method: Method,
+        status: u16,
+        pairs: &[(&str, &str)],
+    ) -> Result<(Framing, bool), H1Error> {
+        response_framing(
+            &method,
+            StatusCode::from_u16(status).unwrap(),
+            Version::HTTP_11,
+            &headers(pairs),
+        )
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        use Framing::*;
+        assert_eq!(
+            framing(Method::GET, 200, &[("content-length", "5")]).unwrap(),
+            (Length(5), true)
+        );
+        assert_eq!(
+            framing(Method::HEAD, 200, &[("content-length", "5")]).unwrap(),
+            (Empty, true)
+        );
+        assert_eq!(framing(Method::GET, 204, &[]).unwrap(), (Empty, true));
+        assert_eq!(
+            framing(Method::GET, 304, &[("content-length", "9")]).unwrap(),
+            (Empty, true)
+        );
+        assert_eq!(framing(Method::GET, 200, &[]).unwrap(), (UntilClose, false));
+        assert_eq!(
+            framing(Method::GET, 200, &[("transfer-encoding", "gzip, chunked")]).unwrap(),
+            (Chunked, true)
+        );
+        assert_eq!(
+            framing(
+                Method::GET,
+                200,
+                &[("transfer-encoding", "chunked"), ("content-length", "3")]
+            )
+            .unwrap(),
+            (Chunked, false),
+            "TE + CL: chunked, never reused"
+        );
+        assert_eq!(
+            framing(Method::GET, 200, &[("transfer-encoding", "chunked, gzip")]).unwrap(),
+            (UntilClose, false)
+        );
+        assert_eq!(
+            framing(
+                Method::GET,
+                200,
+                &[("content-length", "5"), ("content-length", "5")]
+            )
+            .unwrap(),
+            (Length(5), true)
+        );
+        assert_eq!(
+            framing(Method::GET, 200, &[("content-length", "5, 5")]).unwrap(),
+            (Length(5), true)
+        );
+        for bad in [
+            vec![("content-length", "5"), ("content-length", "6")],
+            vec![("content-length", "5, 6")],
+            vec![("content-length", "-1")],
+            vec![("content-length", "0x10")],
+            vec![("content-length", "")],
+            vec![("content-length", "99999999999999999999")],
+        ] {
+            assert!(framing(Method::GET, 200, &bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            framing(
+                Method::GET,
+                200,
+                &[("content-length", "5"), ("connection", "keep-alive, Close")]
+            )
+            .unwrap(),
+            (Length(5), false)
+        );
+        let (_, reusable) = response_framing(
+            &Method::GET,
+            StatusCode::OK,
+            Version::HTTP_10,
+            &headers(&[("content-length", "1")]),
+        )
+        .unwrap();
+        assert!(!reusable, "HTTP/1.0 answers close the connection");
+    }
+
+    fn decode_all(input: &[u8], split: usize) -> Result<(Vec<u8>, Option<HeaderMap>), H1Error> {
+        let mut dec = ChunkedDecoder::new(1024);
+        let mut buf = BytesMut::new();
+        let mut data = Vec::new();
+        let mut trailers = None;
+        let mut fed = 0;
+        loop {
+            match dec.decode(&mut buf)? {
+                Some(Chunk::Data(d)) => data.extend_from_slice(&d),
+                Some(Chunk::Trailers(t)) => trailers = Some(t),
+                Some(Chunk::End) => return Ok((data, trailers)),
+                None => {
+                    if fed >= input.len() {
+                        return Err(H1Error::ClosedInBody);
+                    }
+                    let next = (fed + split).min(input.len());
+                    buf.extend_from_slice(&input[fed..next]);
+                    fed = next;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_sizes() {
+        let body = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n";
+        for split in [1, 2, 3, 7, 100] {
+            let (data, trailers) = decode_all(body, split).unwrap();
+            assert_eq!(data, b"hello world", "split {split}");
+            assert_eq!(trailers.unwrap()["x-sum"], "42", "split {split}");
+        }
+        let (data, trailers) = decode_all(b"A\r\n0123456789\r\n0\r\n\r\n", 4).unwrap();
+        assert_eq!((data.as_slice(), trailers), (&b"0123456789"[..], None));
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+        ] {
+            assert!(
+                matches!(decode_all(bad, 3), Err(H1Error::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(matches!(
+            decode_all(b"5\r\nhel", 2),
+            Err(H1Error::ClosedInBody)
+        ));
+    }
+
+    #[test]
+    fn heads_parse_and_share_the_buffer() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 201 Created\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 3\r\n\r\nabc"[..],
+        );
+        let resp = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(resp.status(), 201);
+        assert_eq!(resp.headers().get_all("x-a").iter().count(), 2);
+        assert_eq!(&buf[..], b"abc", "the body stays in the buffer");
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-A"[..]);
+        assert!(parse_head(&mut partial).unwrap().is_none());
+        let mut bad = BytesMut::from(&b"HTTP/1.1 2000 OK\r\n\r\n"[..]);
+        assert!(parse_head(&mut bad).is_err());
+    }
+
+    #[test]
+    fn requests_are_framed_by_their_body() {
+        let mut out = Vec::new();
+        let req = Request::post("http://x/p?q=1")
+            .header("host", "example")
+            .header("content-length", "999")
+            .header("transfer-encoding", "chunked")
+            .body(())
+            .unwrap();
+        encode_request(&req, Some(&Bytes::from_static(b"hi")), &mut out);
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nhost: example\r\ncontent-length: 2\r\n\r\nhi"
+        );
+        let get = Request::get("/").header("host", "h").body(()).unwrap();
+        encode_request(&get, None, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nhost: h\r\n\r\n"
+        );
+    }
+}
