@@ -10,7 +10,9 @@
 //! - [`tasks`]: task submissions (`Prefer: respond-async`, `/_tasks`), stored in Redis, run
 //!   by workers on every balancer.
 //! - [`upstream`]: per-backend keep-alive HTTP/1.1 connection pools; a response body returns
-//!   its connection to the pool when it ends.
+//!   its connection to the pool when it ends; a stall watchdog per connection.
+//! - [`h1`]: the balancer's own HTTP/1.1 client for requests whose body is in memory (framing,
+//!   chunked decoding and head parsing are pure and unit-tested); hyper's client for the rest.
 //! - [`request_body`], [`body`], [`headers`]: streamed request bodies with limits, response
 //!   bodies (a streamed one holds the backend's in-flight count until it ends), header
 //!   rewriting.

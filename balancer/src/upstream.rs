@@ -259,9 +259,13 @@ impl ConnPool {
             }
             // An idle connection has nothing to say: a byte or an end of stream means the
             // backend closed it (or broke the protocol).
+            // Only a socket the reactor saw become readable is asked (a system call per
+            // reuse would cost more than everything else this check does).
             let alive = conn.lease.socket.load().as_ref().is_some_and(|io| {
-                matches!(io.try_read(&mut [0u8; 1]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                io.poll_read_ready(&mut cx).is_pending()
+                    || matches!(io.try_read(&mut [0u8; 1]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
             });
             if alive {
                 return Some(conn);
