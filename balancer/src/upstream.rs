@@ -5,8 +5,8 @@
 //! connection's task itself; a streamed request body or an upgrade goes over hyper's client,
 //! described below. Both kinds share the pool's logic and the stall watchdog.
 //!
-//! Each backend owns a [`ConnPool`]: a short LIFO stack of idle `hyper::client::conn::http1`
-//! senders behind a mutex held only to push or pop. A request takes the most recently used
+//! Each backend owns a [`ConnPool`]: short LIFO stacks of idle connections (own ones, and
+//! `hyper::client::conn::http1` senders) behind mutexes held only to push or pop. A request takes the most recently used
 //! connection (or opens one). The sender travels with the response body ([`UpstreamBody`])
 //! and goes back to the pool when the body has been read to the end, so no task is spawned
 //! per request to watch for the connection becoming idle again; a body abandoned half-way
@@ -35,11 +35,10 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use arc_swap::ArcSwapOption;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
 use http::{header, Request, Response};
 use http_body::{Body, Frame, SizeHint};
