@@ -199,12 +199,17 @@ impl ChunkedDecoder {
         loop {
             match self.state {
                 ChunkState::Size => {
+                    // The same limit whether the line arrives whole or in pieces: without its
+                    // CRLF yet, the line is at least `len - 1` bytes (a CR may end the buffer).
                     let Some(end) = find_crlf(buf) else {
-                        if buf.len() > MAX_CHUNK_LINE {
+                        if buf.len() > MAX_CHUNK_LINE + 1 {
                             return Err(H1Error::Malformed("chunk-size line too long"));
                         }
                         return Ok(None);
                     };
+                    if end > MAX_CHUNK_LINE {
+                        return Err(H1Error::Malformed("chunk-size line too long"));
+                    }
                     let line = &buf[..end];
                     let digits = line
                         .iter()
@@ -254,12 +259,17 @@ impl ChunkedDecoder {
                         self.state = ChunkState::Done;
                         return Ok(Some(Chunk::End));
                     }
+                    // As for the size line: a section still without its end is at least one
+                    // byte longer than what has arrived.
                     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        if buf.len() > self.max_trailers {
+                        if buf.len() >= self.max_trailers {
                             return Err(H1Error::Malformed("trailer section too large"));
                         }
                         return Ok(None);
                     };
+                    if end + 4 > self.max_trailers {
+                        return Err(H1Error::Malformed("trailer section too large"));
+                    }
                     let section = buf.split_to(end + 4).freeze();
                     let trailers = parse_fields(&section)?;
                     self.state = ChunkState::Done;
@@ -531,6 +541,41 @@ mod tests {
             decode_all(b"5\r\nhel", 2),
             Err(H1Error::ClosedInBody)
         ));
+    }
+
+    #[test]
+    fn line_and_trailer_limits_do_not_depend_on_the_read_sizes() {
+        let line = |ext: usize| {
+            let mut b = b"1;".to_vec();
+            b.resize(2 + ext, b'x');
+            b.extend_from_slice(b"\r\nA\r\n0\r\n\r\n");
+            b
+        };
+        for (ext, ok) in [(MAX_CHUNK_LINE - 2, true), (MAX_CHUNK_LINE - 1, false)] {
+            for split in [1, 7, 4096, 100_000] {
+                assert_eq!(
+                    decode_all(&line(ext), split).is_ok(),
+                    ok,
+                    "ext {ext} split {split}"
+                );
+            }
+        }
+        // decode_all allows 1024 bytes of trailers (the section with its final CRLF CRLF).
+        let trailer = |len: usize| {
+            let mut b = b"0\r\nx: ".to_vec();
+            b.resize(3 + len - 4, b'v');
+            b.extend_from_slice(b"\r\n\r\n");
+            b
+        };
+        for (len, ok) in [(1024, true), (1025, false)] {
+            for split in [1, 5, 1024, 100_000] {
+                assert_eq!(
+                    decode_all(&trailer(len), split).is_ok(),
+                    ok,
+                    "len {len} split {split}"
+                );
+            }
+        }
     }
 
     #[test]
