@@ -57,12 +57,9 @@ fuzz_target!(|input: &[u8]| {
     };
     assert!(buf.len() <= wire.len());
     assert!(resp.headers().len() <= 128);
-    let Ok((framing, reusable)) = response_framing(
-        &Method::GET,
-        resp.status(),
-        resp.version(),
-        resp.headers(),
-    ) else {
+    let Ok((framing, reusable)) =
+        response_framing(&Method::GET, resp.status(), resp.version(), resp.headers())
+    else {
         return;
     };
     let status = resp.status();
