@@ -82,21 +82,7 @@ pub async fn docker_and_image() -> Option<(Docker, String)> {
     Some((docker, image))
 }
 
-/// Runs the docker CLI, returning trimmed stdout on success.
-pub fn docker_cli(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .map_err(|e| format!("run docker {args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(format!(
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
+pub use testkit::docker_cli;
 
 /// Force-removes every container labelled `application=<app>` on `Drop`.
 pub struct LabelCleanup(pub String);

@@ -7,12 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+use testkit::docker_cli;
 
 use super::{unique_app, Redis};
 
@@ -21,30 +22,14 @@ pub const DEFAULT_TEST_IMAGE: &str = "rustybalancer/playground:latest";
 /// Port the playground listens on.
 const PLAYGROUND_PORT: &str = "5000";
 
-fn docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("run docker {args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(format!(
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
 /// The test image when Docker answers and the image is present; else skip (fail under CI).
 pub fn docker_and_image() -> Option<String> {
-    if let Err(e) = docker(&["info", "--format", "{{.ServerVersion}}"]) {
+    if let Err(e) = docker_cli(&["info", "--format", "{{.ServerVersion}}"]) {
         return testkit::missing(&format!("the Docker engine is not reachable: {e}"));
     }
     let image =
         std::env::var("RUSTYBALANCER_TEST_IMAGE").unwrap_or_else(|_| DEFAULT_TEST_IMAGE.into());
-    if docker(&["image", "inspect", "--format", "{{.Id}}", &image]).is_err() {
+    if docker_cli(&["image", "inspect", "--format", "{{.Id}}", &image]).is_err() {
         return testkit::missing(&format!(
             "test image {image} is missing: build it with `jobs/build-images.sh playground`"
         ));
@@ -67,7 +52,7 @@ impl Pool {
     pub async fn start(redis: &Redis, image: &str, token: &str) -> Pool {
         let app = unique_app();
         let network = format!("{app}-net");
-        if let Err(e) = docker(&["network", "create", "--driver", "bridge", &network]) {
+        if let Err(e) = docker_cli(&["network", "create", "--driver", "bridge", &network]) {
             panic!("create test network {network}: {e}");
         }
         let port = redis.port.to_string();
@@ -143,14 +128,14 @@ impl Pool {
 
     fn remove_containers(&self) {
         let filter = format!("label=application={}", self.app);
-        let Ok(ids) = docker(&["ps", "-aq", "--filter", &filter]) else {
+        let Ok(ids) = docker_cli(&["ps", "-aq", "--filter", &filter]) else {
             return;
         };
         let ids: Vec<&str> = ids.split_whitespace().collect();
         if !ids.is_empty() {
             let mut args = vec!["rm", "-f", "-v"];
             args.extend(ids);
-            if let Err(e) = docker(&args) {
+            if let Err(e) = docker_cli(&args) {
                 eprintln!("cleanup of {}: {e}", self.app);
             }
         }
@@ -166,7 +151,7 @@ impl Drop for Pool {
         // A creation may have been in flight when the agent was aborted.
         std::thread::sleep(Duration::from_millis(300));
         self.remove_containers();
-        if let Err(e) = docker(&["network", "rm", &self.network]) {
+        if let Err(e) = docker_cli(&["network", "rm", &self.network]) {
             eprintln!("cleanup of network {}: {e}", self.network);
         }
     }
