@@ -15,7 +15,7 @@ use log::debug;
 
 use crate::backends::{Backend, Backends, InFlight, Outcome};
 use crate::budget::RetryBudget;
-use crate::headers::{accepts_trailers, add_forwarded, strip_hop_by_hop};
+use crate::headers::{accepts_trailers, strip_hop_by_hop, Forwarded};
 use crate::metrics::Metrics;
 use crate::request_body::{client_fault, ClientFault, RequestBody};
 use crate::upstream::{Dial, Unsent, UpstreamBody, UpstreamError};
@@ -28,13 +28,18 @@ pub const MAX_ATTEMPTS: usize = 3;
 pub struct Outgoing {
     pub method: Method,
     pub path: PathAndQuery,
+    /// Hop-by-hop fields already removed; `forwarded`'s fields not yet added.
     pub headers: HeaderMap,
+    /// Fields still to add: written straight into the head by the balancer's own client,
+    /// inserted into `headers` for hyper's ([`Outgoing::finish`]).
+    pub forwarded: Option<Forwarded>,
 }
 
 impl Outgoing {
     /// The upstream request head for a client's request: hop-by-hop fields removed (the
     /// upgrade ones kept when `upgrade`), `Host` kept (taken from `:authority` on HTTP/2),
-    /// `X-Forwarded-*` added. The header map is moved out of `req`, not copied.
+    /// `TE: trailers` and `X-Forwarded-*` to be added. The header map is moved out of
+    /// `req`, not copied.
     pub fn from_client<B>(req: &mut Request<B>, client: SocketAddr, upgrade: bool) -> Outgoing {
         let mut headers = std::mem::take(req.headers_mut());
         if !headers.contains_key(header::HOST) {
@@ -49,11 +54,6 @@ impl Outgoing {
         }
         let trailers = accepts_trailers(&headers);
         strip_hop_by_hop(&mut headers, upgrade);
-        if trailers {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-        let host = headers.get(header::HOST).cloned();
-        add_forwarded(&mut headers, client.ip(), host.as_ref());
         Outgoing {
             method: req.method().clone(),
             path: req
@@ -62,16 +62,34 @@ impl Outgoing {
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
             headers,
+            forwarded: Some(Forwarded {
+                client: client.ip(),
+                trailers,
+            }),
         }
     }
 
-    /// The request to send, in origin form (`Host` travels in the headers).
-    fn into_request(self, body: RequestBody) -> Request<RequestBody> {
+    /// Adds the forwarding fields to `headers`: the head as it goes upstream.
+    pub fn finish(&mut self) {
+        if let Some(f) = self.forwarded.take() {
+            f.apply(&mut self.headers);
+        }
+    }
+
+    /// The request to send, in origin form (`Host` travels in the headers), and the fields
+    /// its head still needs. hyper's client sends the map as it is, so for a request that
+    /// goes through it they are added here.
+    fn into_request(mut self, body: RequestBody) -> (Request<RequestBody>, Option<Forwarded>) {
         let mut req = Request::new(body);
         *req.method_mut() = self.method;
         *req.uri_mut() = Uri::from(self.path);
+        if !crate::upstream::goes_own(req.body(), &self.headers) {
+            if let Some(f) = self.forwarded.take() {
+                f.apply(&mut self.headers);
+            }
+        }
         *req.headers_mut() = self.headers;
-        req
+        (req, self.forwarded)
     }
 }
 
@@ -142,7 +160,7 @@ impl Dispatcher {
     ) -> Result<Sent, SendError> {
         let table = self.backends.load();
         let progress = body.progress();
-        let mut req = out.into_request(body);
+        let (mut req, forwarded) = out.into_request(body);
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error = None;
         loop {
@@ -157,7 +175,9 @@ impl Dispatcher {
             let sent = Instant::now();
             let result = tokio::time::timeout(
                 timeout,
-                backend.conns.send(&backend.address, &self.dial, req),
+                backend
+                    .conns
+                    .send(&backend.address, &self.dial, req, forwarded.as_ref()),
             )
             .await;
             let elapsed = sent.elapsed();

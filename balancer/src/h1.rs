@@ -21,7 +21,10 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+use crate::headers::{connection_names, is_hop_by_hop, Forwarded};
 
 /// Most response header fields accepted (hyper's default is 100).
 const MAX_RESPONSE_HEADERS: usize = 128;
@@ -64,11 +67,51 @@ pub fn response_framing(
     version: Version,
     headers: &HeaderMap,
 ) -> Result<(Framing, bool), H1Error> {
-    let mut reusable = version == Version::HTTP_11
-        && !headers
-            .get_all(header::CONNECTION)
+    framing_of_fields(
+        method,
+        status,
+        version,
+        headers
             .iter()
-            .any(|v| has_token(v.as_bytes(), b"close"));
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+    )
+}
+
+/// [`response_framing`] from the raw `(name, value)` fields of a head, in one pass.
+fn framing_of_fields<'a>(
+    method: &Method,
+    status: StatusCode,
+    version: Version,
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<(Framing, bool), H1Error> {
+    let mut close = false;
+    // The last transfer coding named, over every Transfer-Encoding line.
+    let mut te: Option<Option<&[u8]>> = None;
+    let mut length: Result<Option<u64>, &'static str> = Ok(None);
+    let mut has_length = false;
+    for (name, value) in fields {
+        if name.eq_ignore_ascii_case(b"connection") {
+            close |= has_token(value, b"close");
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = value
+                .split(|b| *b == b',')
+                .map(<[u8]>::trim_ascii)
+                .rfind(|t| !t.is_empty());
+            te = Some(last.or(te.flatten()));
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            has_length = true;
+            // The first fault found stays.
+            for part in value.split(|b| *b == b',') {
+                length = match (length, parse_decimal(part.trim_ascii())) {
+                    (Err(e), _) => Err(e),
+                    (_, None) => Err("invalid Content-Length"),
+                    (Ok(Some(l)), Some(n)) if l != n => Err("differing Content-Length values"),
+                    (Ok(_), Some(n)) => Ok(Some(n)),
+                };
+            }
+        }
+    }
+    let mut reusable = version == Version::HTTP_11 && !close;
     if *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -76,16 +119,10 @@ pub fn response_framing(
     {
         return Ok((Framing::Empty, reusable));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(|t| t.trim_ascii())
-            .rfind(|t| !t.is_empty());
+    if let Some(last) = te {
         // With a Content-Length too the message was meant to smuggle: read it as chunked
         // (the length is ignored) and never reuse the connection.
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if has_length {
             reusable = false;
         }
         return Ok(match last {
@@ -93,18 +130,7 @@ pub fn response_framing(
             _ => (Framing::UntilClose, false),
         });
     }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let n = parse_decimal(part.trim_ascii())
-                .ok_or(H1Error::Malformed("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(H1Error::Malformed("differing Content-Length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    Ok(match length.map_err(H1Error::Malformed)? {
         Some(n) => (Framing::Length(n), reusable),
         None => (Framing::UntilClose, false),
     })
@@ -129,8 +155,14 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
 /// Writes the request head, and `body` after it, into `out`. The body is framed with a
 /// `Content-Length` of its size (any `Transfer-Encoding` and `Content-Length` of the
 /// request are replaced); without a body the head goes as it is, without
-/// `Transfer-Encoding`, as hyper's client does.
-pub fn encode_request<B>(req: &Request<B>, body: Option<&Bytes>, out: &mut Vec<u8>) {
+/// `Transfer-Encoding`, as hyper's client does. `forwarded`'s fields are written after the
+/// request's own (whose lines of them are left out), as if they had been added to the map.
+pub fn encode_request<B>(
+    req: &Request<B>,
+    body: Option<&Bytes>,
+    forwarded: Option<&Forwarded>,
+    out: &mut Vec<u8>,
+) {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
@@ -142,13 +174,19 @@ pub fn encode_request<B>(req: &Request<B>, body: Option<&Bytes>, out: &mut Vec<u
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers() {
-        if name == header::TRANSFER_ENCODING || (body.is_some() && name == header::CONTENT_LENGTH) {
+        if name == header::TRANSFER_ENCODING
+            || (body.is_some() && name == header::CONTENT_LENGTH)
+            || (forwarded.is_some() && Forwarded::writes(name))
+        {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(f) = forwarded {
+        f.write_fields(req.headers(), out);
     }
     if let Some(body) = body {
         out.extend_from_slice(b"content-length: ");
@@ -311,9 +349,22 @@ fn to_header_map(base: &Bytes, fields: &[httparse::Header<'_>]) -> Result<Header
     Ok(map)
 }
 
-/// The response head at the start of `buf` (consumed), or `None` while it is incomplete.
-/// Field values share the buffer's memory.
-pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, H1Error> {
+/// A response head as it is forwarded.
+#[derive(Debug)]
+pub struct Head {
+    /// Status, version and the end-to-end fields: the hop-by-hop ones (RFC 9110 §7.6.1,
+    /// those named by `Connection` included) are left out, as the proxy would remove them.
+    pub resp: Response<()>,
+    pub framing: Framing,
+    /// Whether the connection can carry another exchange after this one.
+    pub reusable: bool,
+}
+
+/// The head of the response to `method` at the start of `buf` (consumed), or `None` while
+/// it is incomplete. Field values share the buffer's memory. The framing is read and the
+/// hop-by-hop fields are dropped in the same pass, instead of building every field into the
+/// map, reading it again and removing some.
+pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Error> {
     // Uninitialised: zeroing 128 fields cost more than parsing a typical head.
     let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -338,12 +389,37 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, H1Error> {
     } else {
         Version::HTTP_11
     };
+    let raw_fields = &*parsed.headers;
+    let (framing, reusable) = framing_of_fields(
+        method,
+        status,
+        version,
+        raw_fields.iter().map(|h| (h.name.as_bytes(), h.value)),
+    )?;
+    // `Connection` lines that name more than `keep-alive` (which goes anyway): each field
+    // is then checked against them. `close` counts: a field named `Close` goes too.
+    let is_connection = |h: &&httparse::Header<'_>| h.name.eq_ignore_ascii_case("connection");
+    let names_fields = raw_fields.iter().filter(is_connection).any(|h| {
+        h.value
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive"))
+    });
     // Names now; values once the head is split off `buf` (where they are, by offset).
     let start = buf.as_ptr() as usize;
-    let mut fields = Vec::with_capacity(parsed.headers.len());
-    for h in parsed.headers.iter() {
+    let mut fields = Vec::with_capacity(raw_fields.len());
+    for h in raw_fields {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| H1Error::Malformed("invalid header name"))?;
+        if is_hop_by_hop(&name, false)
+            || (names_fields
+                && raw_fields
+                    .iter()
+                    .filter(is_connection)
+                    .any(|c| connection_names(c.value, &name)))
+        {
+            continue;
+        }
         let at = h.value.as_ptr() as usize - start;
         fields.push((name, at, h.value.len()));
     }
@@ -358,7 +434,11 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, H1Error> {
     *resp.status_mut() = status;
     *resp.version_mut() = version;
     *resp.headers_mut() = headers;
-    Ok(Some(resp))
+    Ok(Some(Head {
+        resp,
+        framing,
+        reusable,
+    }))
 }
 
 /// Reads what the socket has into `buf` (reserving `chunk` bytes when it is nearly full).
@@ -373,10 +453,26 @@ pub fn poll_fill(
     }
     loop {
         ready!(io.poll_read_ready(cx))?;
-        match io.try_read_buf(buf) {
-            Ok(n) => return Poll::Ready(Ok(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Poll::Ready(Err(e)),
+        let room = buf.capacity() - buf.len();
+        let mut short = None;
+        // A read that leaves room in the buffer has drained the socket (epoll is
+        // edge-triggered): the readiness is cleared as tokio's own `poll_read` does, so the
+        // next read, and the liveness check of an idle pooled connection, wait for the
+        // reactor instead of trying a system call that can only say EAGAIN. Returning
+        // `WouldBlock` from the closure is what clears it, with the readiness seen before
+        // the read, so data that arrived since is not lost.
+        let result = io.try_io(Interest::READABLE, || match io.try_read_buf(buf) {
+            Ok(n) if n > 0 && n < room => {
+                short = Some(n);
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            other => other,
+        });
+        match (result, short) {
+            (_, Some(n)) => return Poll::Ready(Ok(n)),
+            (Ok(n), None) => return Poll::Ready(Ok(n)),
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            (Err(e), None) => return Poll::Ready(Err(e)),
         }
     }
 }
@@ -583,14 +679,68 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 201 Created\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 3\r\n\r\nabc"[..],
         );
-        let resp = parse_head(&mut buf).unwrap().unwrap();
-        assert_eq!(resp.status(), 201);
-        assert_eq!(resp.headers().get_all("x-a").iter().count(), 2);
+        let head = parse_head(&mut buf, &Method::GET).unwrap().unwrap();
+        assert_eq!(head.resp.status(), 201);
+        assert_eq!(head.resp.headers().get_all("x-a").iter().count(), 2);
+        assert_eq!((head.framing, head.reusable), (Framing::Length(3), true));
         assert_eq!(&buf[..], b"abc", "the body stays in the buffer");
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-A"[..]);
-        assert!(parse_head(&mut partial).unwrap().is_none());
+        assert!(parse_head(&mut partial, &Method::GET).unwrap().is_none());
         let mut bad = BytesMut::from(&b"HTTP/1.1 2000 OK\r\n\r\n"[..]);
-        assert!(parse_head(&mut bad).is_err());
+        assert!(parse_head(&mut bad, &Method::GET).is_err());
+    }
+
+    /// What the head gave before it was read in one pass: every field in the map, the
+    /// framing read from the map, the hop-by-hop fields stripped afterwards.
+    fn two_pass(head: &[u8], method: &Method) -> Result<(HeaderMap, Framing, bool), String> {
+        let base = Bytes::copy_from_slice(head);
+        let mut raw = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut raw);
+        let httparse::Status::Complete(_) = resp.parse(&base).map_err(|e| e.to_string())? else {
+            return Err("partial".into());
+        };
+        let status = StatusCode::from_u16(resp.code.unwrap()).map_err(|e| e.to_string())?;
+        let version = if resp.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let mut map = to_header_map(&base, resp.headers).map_err(|e| e.to_string())?;
+        let (framing, reusable) =
+            response_framing(method, status, version, &map).map_err(|e| e.to_string())?;
+        crate::headers::strip_hop_by_hop(&mut map, false);
+        Ok((map, framing, reusable))
+    }
+
+    #[test]
+    fn one_pass_heads_equal_parse_then_strip() {
+        let heads: [&[u8]; 11] = [
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nX-End: 2\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nClose: yes\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Hop: 1\r\nConnection: keep-alive\r\nconnection: x-hop\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\ncontent-length: 5\r\nKeep-Alive: timeout=5\r\nUpgrade: h2c\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: nope\r\nProxy-Authenticate: Basic\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nTE: trailers\r\nTrailer: X-T\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n",
+        ];
+        for head in heads {
+            for method in [Method::GET, Method::HEAD] {
+                let expected = two_pass(head, &method);
+                let got = parse_head(&mut BytesMut::from(head), &method)
+                    .map(|h| h.map(|h| (h.resp.headers().clone(), h.framing, h.reusable)));
+                match (expected, got) {
+                    (Ok(e), Ok(Some(g))) => {
+                        assert_eq!(e, g, "{}", String::from_utf8_lossy(head))
+                    }
+                    (Err(_), Err(_)) => {}
+                    (e, g) => panic!("{}: {e:?} vs {g:?}", String::from_utf8_lossy(head)),
+                }
+            }
+        }
     }
 
     #[test]
@@ -602,16 +752,90 @@ mod tests {
             .header("transfer-encoding", "chunked")
             .body(())
             .unwrap();
-        encode_request(&req, Some(&Bytes::from_static(b"hi")), &mut out);
+        encode_request(&req, Some(&Bytes::from_static(b"hi")), None, &mut out);
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nhost: example\r\ncontent-length: 2\r\n\r\nhi"
         );
         let get = Request::get("/").header("host", "h").body(()).unwrap();
-        encode_request(&get, None, &mut out);
+        encode_request(&get, None, None, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET / HTTP/1.1\r\nhost: h\r\n\r\n"
         );
+    }
+
+    /// A request line, its fields, and what follows the head.
+    type Parsed = (String, Vec<(String, Vec<u8>)>, Vec<u8>);
+
+    /// The fields of an encoded request head, grouped by name (order kept within a name:
+    /// it is the only order that carries meaning).
+    fn fields_of(head: &[u8]) -> Parsed {
+        let mut raw = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut raw);
+        let httparse::Status::Complete(len) = req.parse(head).unwrap() else {
+            panic!("partial head: {:?}", String::from_utf8_lossy(head));
+        };
+        let line = format!("{} {}", req.method.unwrap(), req.path.unwrap());
+        let mut fields: Vec<(String, Vec<u8>)> = req
+            .headers
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+            .collect();
+        fields.sort_by(|a, b| a.0.cmp(&b.0));
+        (line, fields, head[len..].to_vec())
+    }
+
+    #[test]
+    fn forwarding_fields_written_into_the_head_equal_those_added_to_the_map() {
+        let maps: Vec<HeaderMap> = vec![
+            headers(&[("host", "shop.example")]),
+            headers(&[]),
+            headers(&[
+                ("host", "a"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-forwarded-for", "10.0.0.2"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "evil"),
+            ]),
+            headers(&[("host", "a"), ("x-forwarded-for", "  ")]),
+            headers(&[("x-forwarded-host", "only-this"), ("accept", "*/*")]),
+            headers(&[
+                ("content-length", "5"),
+                ("host", "a"),
+                ("x-custom", "1"),
+                ("accept", "*/*"),
+                ("x-custom", "2"),
+            ]),
+        ];
+        let mut non_ascii = headers(&[("host", "a")]);
+        non_ascii.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"10.0.0.1, \xff").unwrap(),
+        );
+        let clients: [std::net::IpAddr; 2] =
+            ["192.0.2.9".parse().unwrap(), "fe80::1:2".parse().unwrap()];
+        let body = Bytes::from_static(b"hello");
+        for map in maps.iter().chain([&non_ascii]) {
+            for client in clients {
+                for trailers in [false, true] {
+                    for body in [None, Some(&body)] {
+                        let f = Forwarded { client, trailers };
+                        let mut req = Request::post("/p?q").body(()).unwrap();
+                        *req.headers_mut() = map.clone();
+                        let mut direct = Vec::new();
+                        encode_request(&req, body, Some(&f), &mut direct);
+                        f.apply(req.headers_mut());
+                        let mut via_map = Vec::new();
+                        encode_request(&req, body, None, &mut via_map);
+                        assert_eq!(
+                            fields_of(&direct),
+                            fields_of(&via_map),
+                            "{map:?} {client} trailers={trailers} body={body:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

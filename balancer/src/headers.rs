@@ -25,6 +25,19 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Whether `name` is always connection-specific (`Upgrade` too unless `keep_upgrade`).
+pub fn is_hop_by_hop(name: &HeaderName, keep_upgrade: bool) -> bool {
+    HOP_BY_HOP.contains(name) || (!keep_upgrade && name == header::UPGRADE)
+}
+
+/// Whether a `Connection` field `value` names `name`.
+pub fn connection_names(value: &[u8], name: &HeaderName) -> bool {
+    value.split(|b| *b == b',').any(|t| {
+        t.trim_ascii()
+            .eq_ignore_ascii_case(name.as_str().as_bytes())
+    })
+}
+
 /// Whether the message asks for a protocol switch (`Connection: upgrade` + `Upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
@@ -91,19 +104,57 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// What a forwarded request still gets on its way out: `TE: trailers` when the client
+/// accepts trailers, and the `X-Forwarded-*` fields for `client`. Kept apart from the
+/// header map so the balancer's own client can write them straight into the request head
+/// ([`Forwarded::write_fields`]) instead of inserting them into the map and encoding that;
+/// [`Forwarded::apply`] does the same to a map, for hyper's client and stored tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarded {
+    pub client: IpAddr,
+    pub trailers: bool,
+}
+
+impl Forwarded {
+    /// Adds the fields to `headers` (hop-by-hop fields already stripped).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        if self.trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        let host = headers.get(header::HOST).cloned();
+        add_forwarded(headers, self.client, host.as_ref());
+    }
+
+    /// Whether `name` is one [`Forwarded::write_fields`] writes itself (the request's own
+    /// lines of it are left out).
+    pub fn writes(name: &HeaderName) -> bool {
+        name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST
+    }
+
+    /// Writes the fields [`Forwarded::apply`] would set, as `name: value\r\n` lines, from the
+    /// request's `headers` (hop-by-hop fields already stripped).
+    pub fn write_fields(&self, headers: &HeaderMap, out: &mut Vec<u8>) {
+        if self.trailers {
+            out.extend_from_slice(b"te: trailers\r\n");
+        }
+        out.extend_from_slice(b"x-forwarded-for: ");
+        push_xff(out, headers, self.client);
+        out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+        if let Some(host) = headers.get(header::HOST) {
+            out.extend_from_slice(b"x-forwarded-host: ");
+            out.extend_from_slice(host.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
 /// Adds `X-Forwarded-For` (appending the client to any list already there),
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (the host the client asked for).
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
-    let mut xff = String::new();
-    if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        if !prev.trim().is_empty() {
-            xff.push_str(prev);
-            xff.push_str(", ");
-        }
-    }
-    push_ip(&mut xff, client);
-    // From the `String` itself: no second copy.
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    let mut xff = Vec::new();
+    push_xff(&mut xff, headers, client);
+    // From the vector itself: no second copy.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
@@ -117,26 +168,38 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&Head
     }
 }
 
+/// The new `X-Forwarded-For` value: the request's first one (when it is visible ASCII and
+/// not blank), `", "`, and `client`.
+fn push_xff(out: &mut Vec<u8>, headers: &HeaderMap, client: IpAddr) {
+    if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        if !prev.trim().is_empty() {
+            out.extend_from_slice(prev.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+    }
+    push_ip(out, client);
+}
+
 /// Appends `ip` in its usual text form; IPv4 without the formatting machinery, which cost
 /// more than the rest of the header rewriting together.
-fn push_ip(out: &mut String, ip: IpAddr) {
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.push(b'.');
                 }
                 if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
+                    out.push(b'0' + octet / 100);
                 }
                 if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
+                    out.push(b'0' + octet / 10 % 10);
                 }
-                out.push(char::from(b'0' + octet % 10));
+                out.push(b'0' + octet % 10);
             }
         }
         IpAddr::V6(v6) => {
-            use std::fmt::Write;
+            use std::io::Write;
             let _ = write!(out, "{v6}");
         }
     }
@@ -253,9 +316,9 @@ pub(crate) mod tests {
             "fe80::1:2",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            let mut s = String::new();
+            let mut s = Vec::new();
             push_ip(&mut s, ip);
-            assert_eq!(s, ip.to_string());
+            assert_eq!(s, ip.to_string().as_bytes());
         }
     }
 

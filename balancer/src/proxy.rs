@@ -274,9 +274,10 @@ impl Proxy {
                 strip_hop_by_hop(&mut parts.headers, true);
                 return Response::from_parts(parts, ResponseBody::empty());
             }
+            strip_hop_by_hop(resp.headers_mut(), false);
         }
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers, false);
+        // Any other head came from the upstream client without its hop-by-hop fields.
+        let (parts, body) = resp.into_parts();
         Response::from_parts(
             parts,
             ResponseBody::Upstream {

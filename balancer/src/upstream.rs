@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
-use http::{header, Request, Response};
+use http::{header, HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -49,6 +49,7 @@ use log::debug;
 use tokio::net::TcpStream;
 
 use crate::h1::{self, Chunk, ChunkedDecoder, Framing, H1Error};
+use crate::headers::{strip_hop_by_hop, Forwarded};
 use crate::request_body::RequestBody;
 
 /// Errors of response bodies (hyper's or [`H1Error`]).
@@ -240,6 +241,12 @@ pub struct ConnPool {
     own: Mutex<Vec<OwnConn>>,
 }
 
+/// Whether a request with `body` and `headers` goes through the balancer's own client: its
+/// body is in memory and it asks for no upgrade. The rest goes through hyper's.
+pub fn goes_own(body: &RequestBody, headers: &HeaderMap) -> bool {
+    body.in_memory().is_some() && !headers.contains_key(header::UPGRADE)
+}
+
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -310,19 +317,22 @@ impl ConnPool {
         }
     }
 
-    /// Sends `req` to `address` over a pooled connection (or a new one).
+    /// Sends `req` to `address` over a pooled connection (or a new one). The response head
+    /// comes back without its hop-by-hop fields (but for a `101`). `forwarded` is
+    /// written into the head of a request that [`goes_own`]; for one that goes through
+    /// hyper's client it must be `None` (already in the headers).
     pub async fn send(
         self: &Arc<Self>,
         address: &str,
         dial: &Dial,
         req: Request<RequestBody>,
+        forwarded: Option<&Forwarded>,
     ) -> Result<Response<UpstreamBody>, Unsent> {
-        if let Some(body) = req.body().in_memory() {
-            if !req.headers().contains_key(header::UPGRADE) {
-                let body = body.cloned();
-                return self.send_own(address, dial, req, body).await;
-            }
+        if goes_own(req.body(), req.headers()) {
+            let body = req.body().in_memory().flatten().cloned();
+            return self.send_own(address, dial, req, body, forwarded).await;
         }
+        debug_assert!(forwarded.is_none(), "forwarding fields not added for hyper");
         let mut req = req;
         let mut fresh = false;
         loop {
@@ -342,7 +352,12 @@ impl ConnPool {
                 }
             };
             match sender.send.try_send_request(req).await {
-                Ok(resp) => {
+                Ok(mut resp) => {
+                    // As the own client gives it; a protocol switch keeps its fields for
+                    // the proxy, which tunnels it.
+                    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                        strip_hop_by_hop(resp.headers_mut(), false);
+                    }
                     sender.lease.start();
                     let pool = Arc::clone(self);
                     let lease = sender.lease.clone();
@@ -381,9 +396,10 @@ impl ConnPool {
         dial: &Dial,
         req: Request<RequestBody>,
         body: Option<Bytes>,
+        forwarded: Option<&Forwarded>,
     ) -> Result<Response<UpstreamBody>, Unsent> {
         let mut head = Vec::with_capacity(512 + body.as_ref().map_or(0, Bytes::len));
-        h1::encode_request(&req, body.as_ref(), &mut head);
+        h1::encode_request(&req, body.as_ref(), forwarded, &mut head);
         let failed = |error: H1Error| Unsent {
             error: UpstreamError::Own(error),
             request: None,
@@ -411,11 +427,14 @@ impl ConnPool {
                 }
                 Err((e, _)) => return Err(failed(H1Error::Io(e))),
             }
-            let resp = read_head(&mut conn, &io).await.map_err(failed)?;
+            let h1::Head {
+                resp,
+                framing,
+                reusable,
+            } = read_head(&mut conn, &io, req.method())
+                .await
+                .map_err(failed)?;
             drop(io);
-            let (framing, reusable) =
-                h1::response_framing(req.method(), resp.status(), resp.version(), resp.headers())
-                    .map_err(failed)?;
             let state = match framing {
                 Framing::Empty | Framing::Length(0) => OwnState::Done,
                 Framing::Length(n) => OwnState::Length(n),
@@ -456,14 +475,18 @@ async fn write_counting(io: &TcpStream, bytes: &[u8]) -> Result<(), (std::io::Er
 
 /// Reads the final response head (informational ones are skipped) within the connection's
 /// buffer size.
-async fn read_head(conn: &mut OwnConn, io: &TcpStream) -> Result<Response<()>, H1Error> {
+async fn read_head(
+    conn: &mut OwnConn,
+    io: &TcpStream,
+    method: &http::Method,
+) -> Result<h1::Head, H1Error> {
     loop {
-        match h1::parse_head(&mut conn.buf)? {
-            Some(resp) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+        match h1::parse_head(&mut conn.buf, method)? {
+            Some(head) if head.resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                 return Err(H1Error::Malformed("101 without an upgrade asked for"));
             }
-            Some(resp) if resp.status().is_informational() => continue,
-            Some(resp) => return Ok(resp),
+            Some(head) if head.resp.status().is_informational() => continue,
+            Some(head) => return Ok(head),
             None if conn.buf.len() >= conn.chunk => return Err(H1Error::HeadTooLarge(conn.chunk)),
             None => {
                 if h1::fill(io, &mut conn.buf, conn.chunk).await? == 0 {

@@ -1,16 +1,19 @@
 //! balancer::h1 — the balancer's own HTTP/1.1 client reads what backends send: the response
-//! head (`parse_head`), its framing (`response_framing`) and chunked bodies
-//! (`ChunkedDecoder`). Input: byte 0 = how many bytes to feed the decoder at a time (1..=64),
-//! then the response as it would arrive on the wire.
-//! Asserts: a parsed head consumes no more than the input and has at most 128 fields; a
-//! framing decision is consistent (no body for 1xx/204/304; a `Transfer-Encoding` with a
-//! `Content-Length` is never reused); a chunked body decodes to the same data, trailers and
-//! outcome whether it arrives in one piece or in small pieces; the decoder always makes
-//! progress (every call consumes bytes, or asks for more, or ends).
+//! head (`parse_head`, which reads the framing and drops the hop-by-hop fields in one pass)
+//! and chunked bodies (`ChunkedDecoder`). Input: byte 0 = how many bytes to feed the decoder
+//! at a time (1..=64), then the response as it would arrive on the wire.
+//! Asserts: a parsed head consumes no more than the input and has at most 128 fields; it
+//! equals the two-pass reading (every field into a map, `response_framing` on the map, then
+//! `strip_hop_by_hop`); a framing decision is consistent (no body for 1xx/204/304; a
+//! `Transfer-Encoding` with a `Content-Length` is never reused); a chunked body decodes to
+//! the same data, trailers and outcome whether it arrives in one piece or in small pieces;
+//! the decoder always makes progress (every call consumes bytes, or asks for more, or ends).
 #![no_main]
 use balancer::h1::{parse_head, response_framing, Chunk, ChunkedDecoder, Framing};
+use balancer::headers::strip_hop_by_hop;
 use bytes::BytesMut;
-use http::{header, HeaderMap, Method, StatusCode};
+use http::header::{HeaderName, HeaderValue};
+use http::{header, HeaderMap, Method, StatusCode, Version};
 use libfuzzer_sys::fuzz_target;
 
 /// Data, trailers, and whether the body ended cleanly (`Some(true)`), failed (`Some(false)`)
@@ -52,26 +55,50 @@ fuzz_target!(|input: &[u8]| {
     };
     let step = usize::from(first % 64) + 1;
     let mut buf = BytesMut::from(wire);
-    let Ok(Some(resp)) = parse_head(&mut buf) else {
+    let Ok(Some(head)) = parse_head(&mut buf, &Method::GET) else {
         return;
     };
     assert!(buf.len() <= wire.len());
-    assert!(resp.headers().len() <= 128);
-    let Ok((framing, reusable)) =
-        response_framing(&Method::GET, resp.status(), resp.version(), resp.headers())
-    else {
-        return;
+    assert!(head.resp.headers().len() <= 128);
+    let (framing, reusable) = (head.framing, head.reusable);
+
+    // The same head read in two passes.
+    let mut raw = [httparse::EMPTY_HEADER; 128];
+    let mut parsed = httparse::Response::new(&mut raw);
+    assert!(
+        matches!(parsed.parse(wire), Ok(httparse::Status::Complete(_))),
+        "httparse disagrees on the head"
+    );
+    let mut all = HeaderMap::new();
+    let (mut te, mut cl) = (false, false);
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).expect("name parse_head accepted");
+        let value = HeaderValue::from_bytes(h.value).expect("value parse_head accepted");
+        te |= name == header::TRANSFER_ENCODING;
+        cl |= name == header::CONTENT_LENGTH;
+        all.append(name, value);
+    }
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
     };
-    let status = resp.status();
+    let status = head.resp.status();
+    assert_eq!(
+        response_framing(&Method::GET, status, version, &all).ok(),
+        Some((framing, reusable)),
+        "framing differs from the two-pass reading"
+    );
+    strip_hop_by_hop(&mut all, false);
+    assert_eq!(&all, head.resp.headers(), "fields differ from the two-pass reading");
+
     if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         assert_eq!(framing, Framing::Empty);
     }
-    if resp.headers().contains_key(header::TRANSFER_ENCODING)
-        && resp.headers().contains_key(header::CONTENT_LENGTH)
-    {
+    if te && cl {
         assert!(!reusable, "TE + CL reused");
     }
     if framing == Framing::Chunked {

@@ -261,7 +261,8 @@ impl Tasks {
     ) -> Result<Response<ResponseBody>, ApiError> {
         self.store()?;
         let prefer = model::parse_prefer(req.headers().get_all("prefer").iter());
-        let out = Outgoing::from_client(&mut req, client, false);
+        let mut out = Outgoing::from_client(&mut req, client, false);
+        out.finish();
         let mut headers = out.headers;
         let delay = headers
             .get(&X_TASK_DELAY)

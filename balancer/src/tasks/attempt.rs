@@ -80,6 +80,7 @@ pub fn parse_request(
             method,
             path,
             headers,
+            forwarded: None,
         },
         Bytes::from(body.unwrap_or_default()),
         timeout,
