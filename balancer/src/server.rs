@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::body::ResponseBody;
 use crate::config::Limits;
+use crate::head_timer::ConnTimer;
 use crate::metrics::Metrics;
 
 /// hyper's HTTP/1 header count limit when none is set.
@@ -113,7 +114,10 @@ pub async fn serve<H, F>(
             let fut = Box::pin(handler(req, peer));
             async move { Ok::<_, std::convert::Infallible>(fut.await) }
         });
-        let conn = builder
+        // The header read timeout on a timer of the connection's own (see `head_timer`).
+        let mut conn_builder = builder.clone();
+        conn_builder.http1().timer(ConnTimer::new());
+        let conn = conn_builder
             .serve_connection_with_upgrades(io, service)
             .into_owned();
         let conn = graceful.watch(conn);
