@@ -24,7 +24,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::headers::{connection_names, is_hop_by_hop, Forwarded};
+use crate::headers::{connection_names, is_hop_by_hop, Forwarded, X_FORWARDED_FOR};
 
 /// Most response header fields accepted (hyper's default is 100).
 const MAX_RESPONSE_HEADERS: usize = 128;
@@ -173,12 +173,21 @@ pub fn encode_request<B>(
         target.as_bytes()
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // The first `X-Forwarded-For` and `Host` values, for `forwarded`'s fields.
+    let (mut xff, mut host) = (None, None);
     for (name, value) in req.headers() {
-        if name == header::TRANSFER_ENCODING
-            || (body.is_some() && name == header::CONTENT_LENGTH)
-            || (forwarded.is_some() && Forwarded::writes(name))
-        {
+        if name == header::TRANSFER_ENCODING || (body.is_some() && name == header::CONTENT_LENGTH) {
             continue;
+        }
+        if forwarded.is_some() {
+            if name == header::HOST {
+                host = host.or(Some(value));
+            } else if Forwarded::writes(name) {
+                if name == X_FORWARDED_FOR {
+                    xff = xff.or(Some(value));
+                }
+                continue;
+            }
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -186,16 +195,31 @@ pub fn encode_request<B>(
         out.extend_from_slice(b"\r\n");
     }
     if let Some(f) = forwarded {
-        f.write_fields(req.headers(), out);
+        f.write_fields(xff, host, out);
     }
     if let Some(body) = body {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
+        push_decimal(out, body.len());
         out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(body);
     } else {
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// What the chunked decoder found.
@@ -740,6 +764,15 @@ mod tests {
                     (e, g) => panic!("{}: {e:?} vs {g:?}", String::from_utf8_lossy(head)),
                 }
             }
+        }
+    }
+
+    #[test]
+    fn lengths_are_written_in_decimal() {
+        for n in [0, 7, 10, 99, 12_345, usize::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").as_bytes());
         }
     }
 

@@ -131,16 +131,22 @@ impl Forwarded {
         name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST
     }
 
-    /// Writes the fields [`Forwarded::apply`] would set, as `name: value\r\n` lines, from the
-    /// request's `headers` (hop-by-hop fields already stripped).
-    pub fn write_fields(&self, headers: &HeaderMap, out: &mut Vec<u8>) {
+    /// Writes the fields [`Forwarded::apply`] would set, as `name: value\r\n` lines, for a
+    /// request (hop-by-hop fields already stripped) whose first `X-Forwarded-For` and `Host`
+    /// values are `xff` and `host` (taken while its fields were written: no lookups).
+    pub fn write_fields(
+        &self,
+        xff: Option<&HeaderValue>,
+        host: Option<&HeaderValue>,
+        out: &mut Vec<u8>,
+    ) {
         if self.trailers {
             out.extend_from_slice(b"te: trailers\r\n");
         }
         out.extend_from_slice(b"x-forwarded-for: ");
-        push_xff(out, headers, self.client);
+        push_xff(out, xff, self.client);
         out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
-        if let Some(host) = headers.get(header::HOST) {
+        if let Some(host) = host {
             out.extend_from_slice(b"x-forwarded-host: ");
             out.extend_from_slice(host.as_bytes());
             out.extend_from_slice(b"\r\n");
@@ -152,7 +158,7 @@ impl Forwarded {
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (the host the client asked for).
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
     let mut xff = Vec::new();
-    push_xff(&mut xff, headers, client);
+    push_xff(&mut xff, headers.get(&X_FORWARDED_FOR), client);
     // From the vector itself: no second copy.
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -168,10 +174,10 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&Head
     }
 }
 
-/// The new `X-Forwarded-For` value: the request's first one (when it is visible ASCII and
-/// not blank), `", "`, and `client`.
-fn push_xff(out: &mut Vec<u8>, headers: &HeaderMap, client: IpAddr) {
-    if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+/// The new `X-Forwarded-For` value: the request's first one, `prev` (when it is visible
+/// ASCII and not blank), `", "`, and `client`.
+fn push_xff(out: &mut Vec<u8>, prev: Option<&HeaderValue>, client: IpAddr) {
+    if let Some(prev) = prev.and_then(|v| v.to_str().ok()) {
         if !prev.trim().is_empty() {
             out.extend_from_slice(prev.as_bytes());
             out.extend_from_slice(b", ");

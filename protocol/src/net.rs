@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use log::{debug, warn};
@@ -100,6 +100,10 @@ pub struct IdleTimeout<S> {
     timeout: Duration,
     last: Instant,
     timer: Pin<Box<Sleep>>,
+    /// The waker the timer last registered: while the stream is polled by the same task and
+    /// the timer has not fired, polling the timer again would change nothing (it cost a few
+    /// hundred instructions per request, on every read that had to wait).
+    armed_for: Option<Waker>,
 }
 
 impl<S> IdleTimeout<S> {
@@ -110,13 +114,23 @@ impl<S> IdleTimeout<S> {
             timeout,
             last: now,
             timer: Box::pin(tokio::time::sleep_until(now + timeout)),
+            armed_for: None,
         }
     }
 
     /// Polled when the inner stream is pending: `Err` once idle for too long.
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if !self.timer.is_elapsed()
+            && self
+                .armed_for
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Ok(());
+        }
         loop {
             if self.timer.as_mut().poll(cx).is_pending() {
+                self.armed_for = Some(cx.waker().clone());
                 return Ok(());
             }
             let deadline = self.last + self.timeout;
@@ -255,5 +269,30 @@ mod tests {
             idle >= Duration::from_millis(290),
             "closed after {idle:?} of idleness"
         );
+    }
+
+    #[tokio::test]
+    async fn the_timeout_wakes_whichever_task_reads_now() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = Acceptor::new("test", listener, 4, Duration::from_millis(300));
+        let never = std::future::pending::<()>();
+        let mut never = std::pin::pin!(never);
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let mut server = acceptor.next(never.as_mut()).await.unwrap().stream;
+        // This task waits for a read (the timer is armed with its waker), then gives up ...
+        let mut buf = [0u8; 1];
+        let waited = tokio::time::timeout(Duration::from_millis(50), server.read(&mut buf)).await;
+        assert!(waited.is_err(), "read returned: {waited:?}");
+        // ... and another task reads: the timer must wake that one.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 1];
+            server.read(&mut buf).await
+        });
+        let read = tokio::time::timeout(Duration::from_secs(3), reader)
+            .await
+            .expect("the task reading now was never woken by the idle timeout")
+            .unwrap();
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
     }
 }
