@@ -189,7 +189,11 @@ impl Backends {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Whether the backend is currently ejected.
@@ -200,7 +204,18 @@ impl Backends {
     /// Picks a backend of `table`, skipping indices in `tried`. Ejected backends are
     /// skipped unless every remaining backend is ejected (fail open).
     pub fn pick(&self, table: &Table, rng: &mut impl Rng, tried: &[usize]) -> Option<usize> {
-        let now = self.now_ms();
+        self.pick_at(table, rng, tried, Instant::now())
+    }
+
+    /// [`Backends::pick`] with the time already read (`at`).
+    pub fn pick_at(
+        &self,
+        table: &Table,
+        rng: &mut impl Rng,
+        tried: &[usize],
+        at: Instant,
+    ) -> Option<usize> {
+        let now = self.ms_at(at);
         let in_flight = |i: usize| table.backends[i].stats.in_flight.load(Ordering::Relaxed);
         let healthy = |i: usize| {
             !tried.contains(&i)

@@ -164,7 +164,12 @@ impl Dispatcher {
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error = None;
         loop {
-            let Some(idx) = self.backends.pick(&table, &mut rand::rng(), &tried) else {
+            // One clock reading serves the pick, the deadline, the latency and the pool.
+            let sent = Instant::now();
+            let Some(idx) = self
+                .backends
+                .pick_at(&table, &mut rand::rng(), &tried, sent)
+            else {
                 return Err(match last_error {
                     Some((backend, error)) => SendError::Failed { backend, error },
                     None => SendError::NoBackend,
@@ -172,12 +177,11 @@ impl Dispatcher {
             };
             let backend = table.backends[idx].clone();
             let in_flight = InFlight::start(backend.clone());
-            let sent = Instant::now();
-            let result = tokio::time::timeout(
-                timeout,
+            let result = tokio::time::timeout_at(
+                (sent + timeout).into(),
                 backend
                     .conns
-                    .send(&backend.address, &self.dial, req, forwarded.as_ref()),
+                    .send(&backend.address, &self.dial, req, forwarded.as_ref(), sent),
             )
             .await;
             let elapsed = sent.elapsed();

@@ -72,9 +72,6 @@ impl Future for HeadSleep {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let deadline = self.deadline;
-        if Instant::now() >= deadline {
-            return Poll::Ready(());
-        }
         let mut armed = self
             .armed
             .lock()
@@ -85,20 +82,22 @@ impl Future for HeadSleep {
         } = &mut *armed;
         let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         // Armed later than this deadline (or not yet): bring it forward. Armed earlier: it
-        // will wake this task first, and the deadline is checked again then.
+        // will wake this task first, and the deadline is checked again then. Either way the
+        // timer says when time is up: no clock reading here.
         if at.is_none_or(|at| at > deadline) {
             sleep.as_mut().reset(deadline);
             *at = Some(deadline);
         }
-        if sleep.as_mut().poll(cx).is_ready() {
-            // It fired for an earlier deadline (a sleep since dropped): now for this one.
-            sleep.as_mut().reset(deadline);
-            *at = Some(deadline);
-            if sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
         }
-        Poll::Pending
+        if *at == Some(deadline) {
+            return Poll::Ready(());
+        }
+        // It fired for an earlier deadline (a sleep since dropped): now for this one.
+        sleep.as_mut().reset(deadline);
+        *at = Some(deadline);
+        sleep.as_mut().poll(cx)
     }
 }
 

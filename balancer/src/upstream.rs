@@ -256,11 +256,11 @@ impl ConnPool {
         locked(&self.idle)
     }
 
-    /// The most recently used own connection that is still open and silent.
-    fn checkout_own(&self) -> Option<OwnConn> {
+    /// The most recently used own connection that is still open and silent, at `now`.
+    fn checkout_own(&self, now: Instant) -> Option<OwnConn> {
         loop {
-            let conn = locked(&self.own).pop()?;
-            if conn.since.elapsed() > IDLE_EXPIRY {
+            let mut conn = locked(&self.own).pop()?;
+            if now.saturating_duration_since(conn.since) > IDLE_EXPIRY {
                 continue;
             }
             // An idle connection has nothing to say: a byte or an end of stream means the
@@ -274,13 +274,15 @@ impl ConnPool {
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
             });
             if alive {
+                // Idle from now on as far as the pool knows: the exchange's start stands in
+                // for its end, which only makes the connection look older (no clock read).
+                conn.since = now;
                 return Some(conn);
             }
         }
     }
 
-    fn put_own(&self, mut conn: OwnConn) {
-        conn.since = Instant::now();
+    fn put_own(&self, conn: OwnConn) {
         let mut idle = locked(&self.own);
         if idle.len() < MAX_IDLE {
             idle.push(conn);
@@ -327,10 +329,13 @@ impl ConnPool {
         dial: &Dial,
         req: Request<RequestBody>,
         forwarded: Option<&Forwarded>,
+        now: Instant,
     ) -> Result<Response<UpstreamBody>, Unsent> {
         if goes_own(req.body(), req.headers()) {
             let body = req.body().in_memory().flatten().cloned();
-            return self.send_own(address, dial, req, body, forwarded).await;
+            return self
+                .send_own(address, dial, req, body, forwarded, now)
+                .await;
         }
         debug_assert!(forwarded.is_none(), "forwarding fields not added for hyper");
         let mut req = req;
@@ -397,6 +402,7 @@ impl ConnPool {
         req: Request<RequestBody>,
         body: Option<Bytes>,
         forwarded: Option<&Forwarded>,
+        now: Instant,
     ) -> Result<Response<UpstreamBody>, Unsent> {
         let mut head = Vec::with_capacity(512 + body.as_ref().map_or(0, Bytes::len));
         h1::encode_request(&req, body.as_ref(), forwarded, &mut head);
@@ -405,7 +411,7 @@ impl ConnPool {
             request: None,
         };
         loop {
-            let (mut conn, fresh) = match self.checkout_own() {
+            let (mut conn, fresh) = match self.checkout_own(now) {
                 Some(conn) => (conn, false),
                 None => match connect_own(address, dial).await {
                     Ok(conn) => (conn, true),

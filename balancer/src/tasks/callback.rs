@@ -82,7 +82,11 @@ impl Tasks {
                 h.insert(X_TASK_ID.clone(), v);
             }
             let dial = Dial::unwatched(TIMEOUT, MIN_BUFFER_BYTES);
-            let outcome = tokio::time::timeout(TIMEOUT, pool.send(&addr, &dial, req, None)).await;
+            let outcome = tokio::time::timeout(
+                TIMEOUT,
+                pool.send(&addr, &dial, req, None, std::time::Instant::now()),
+            )
+            .await;
             let why = match outcome {
                 Ok(Ok(resp)) if resp.status().is_success() => {
                     debug!("task {id}: callback to {url} delivered ({})", resp.status());
