@@ -71,7 +71,8 @@ fn main() -> ExitCode {
     })
 }
 
-/// Optional (`--features mimalloc`); glibc malloc by default, see balancer/Cargo.toml.
+/// mimalloc by default (the `mimalloc` feature; why: balancer/Cargo.toml). Without it the
+/// system allocator (glibc malloc).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -1,10 +1,10 @@
 //! Giving memory back after a burst.
 //!
-//! glibc keeps freed memory in its heaps for reuse: after a thousand slow clients have gone,
-//! the process would keep the RSS they needed. `malloc_trim(0)` hands the free pages back.
-//! It is called when the number of open connections has fallen to half of its peak since
-//! the last trim (a burst ended), checked every second, on a blocking thread. Other
-//! allocators (the optional mimalloc) purge on their own; there this does nothing.
+//! Allocators keep freed memory for reuse: after a thousand slow clients have gone, the
+//! process would keep the RSS they needed. When the number of open connections has fallen to
+//! half of its peak since the last time (a burst ended; checked every second) the free
+//! memory is handed back: with mimalloc (the default) by `mi_collect` on every runtime
+//! worker, with glibc malloc (`--no-default-features`) by `malloc_trim(0)`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,9 +31,32 @@ pub async fn trim_after_bursts(metrics: Arc<Metrics>) {
         peak = peak.max(now);
         if burst_ended(peak, now) {
             log::debug!("connections fell from {peak} to {now}: returning free memory");
-            let _ = tokio::task::spawn_blocking(trim).await;
+            give_back().await;
             peak = now;
         }
+    }
+}
+
+/// glibc: one `malloc_trim` for the whole process, on a blocking thread (it walks every
+/// arena and can take a while after a large burst).
+#[cfg(not(feature = "mimalloc"))]
+async fn give_back() {
+    let _ = tokio::task::spawn_blocking(trim).await;
+}
+
+/// mimalloc: each thread's heap holds the pages it freed and only that thread can give them
+/// back (`mi_collect`), so a collection is run as a task on every runtime worker in turn
+/// (a worker runs a task it spawned itself first, and yields between them).
+#[cfg(feature = "mimalloc")]
+async fn give_back() {
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    for _ in 0..workers.max(1) {
+        let _ = tokio::spawn(async {
+            // SAFETY: mi_collect only frees the calling thread's empty pages and purges
+            // unused arena memory; it has no preconditions.
+            unsafe { libmimalloc_sys::mi_collect(true) }
+        })
+        .await;
     }
 }
 
@@ -46,7 +69,10 @@ fn trim() {
     }
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc"))))]
+#[cfg(all(
+    not(all(target_os = "linux", target_env = "gnu")),
+    not(feature = "mimalloc")
+))]
 fn trim() {}
 
 #[cfg(test)]
