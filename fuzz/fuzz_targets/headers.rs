@@ -9,14 +9,37 @@
 //! After add_forwarded: X-Forwarded-For ends with the client, an earlier list is kept in front,
 //! X-Forwarded-Proto is http, X-Forwarded-Host is the host given (or absent).
 //! is_upgrade implies an Upgrade field and a Connection token `upgrade`; accepts_trailers
-//! implies a TE field.
+//! implies a TE field. The forwarding fields written straight into a request head by the
+//! own client (`Forwarded::write_fields` via `h1::encode_request`) equal those
+//! `Forwarded::apply` adds to the map (flags bit 3: the client accepts trailers).
 #![no_main]
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use balancer::headers::{accepts_trailers, add_forwarded, is_upgrade, strip_hop_by_hop};
+use balancer::h1::encode_request;
+use balancer::headers::{
+    accepts_trailers, add_forwarded, is_upgrade, strip_hop_by_hop, Forwarded,
+};
 use http::header::{HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use rustybalancer_fuzz::header_map;
+
+/// The fields of an encoded request head, by name (order kept within a name).
+fn fields_of(head: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut raw = [httparse::EMPTY_HEADER; 256];
+    let mut req = httparse::Request::new(&mut raw);
+    assert!(
+        matches!(req.parse(head), Ok(httparse::Status::Complete(_))),
+        "encoded head does not parse: {:?}",
+        String::from_utf8_lossy(head)
+    );
+    let mut fields: Vec<(String, Vec<u8>)> = req
+        .headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+        .collect();
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    fields
+}
 
 const HOP: [&str; 7] = [
     "connection",
@@ -94,6 +117,22 @@ fuzz_target!(|data: &[u8]| {
             orig.contains_key(name) || name == "connection",
             "{name} appeared"
         );
+    }
+
+    // The forwarding fields, written into the head or added to the map: the same.
+    if h.len() < 200 {
+        let f = Forwarded {
+            client,
+            trailers: flags & 8 != 0,
+        };
+        let mut req = http::Request::get("/").body(()).expect("request");
+        *req.headers_mut() = h.clone();
+        let mut direct = Vec::new();
+        encode_request(&req, None, Some(&f), &mut direct);
+        f.apply(req.headers_mut());
+        let mut via_map = Vec::new();
+        encode_request(&req, None, None, &mut via_map);
+        assert_eq!(fields_of(&direct), fields_of(&via_map), "{h:?}");
     }
 
     // X-Forwarded-*.
