@@ -111,7 +111,10 @@ fn framing_of_fields<'a>(
             }
         }
     }
-    let mut reusable = version == Version::HTTP_11 && !close;
+    // With both a Transfer-Encoding and a Content-Length the message was meant to smuggle
+    // (RFC 9112 §6.3): the connection is not reused, whatever the framing (found by the
+    // `h1_response` fuzz target: a 1xx or 304 carrying both used to leave it reusable).
+    let reusable = version == Version::HTTP_11 && !close && !(te.is_some() && has_length);
     if *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -120,11 +123,7 @@ fn framing_of_fields<'a>(
         return Ok((Framing::Empty, reusable));
     }
     if let Some(last) = te {
-        // With a Content-Length too the message was meant to smuggle: read it as chunked
-        // (the length is ignored) and never reuse the connection.
-        if has_length {
-            reusable = false;
-        }
+        // With a Content-Length too: read as chunked, the length ignored (not reused, above).
         return Ok(match last {
             Some(t) if t.eq_ignore_ascii_case(b"chunked") => (Framing::Chunked, reusable),
             _ => (Framing::UntilClose, false),
@@ -549,6 +548,16 @@ mod tests {
         assert_eq!(
             framing(Method::GET, 304, &[("content-length", "9")]).unwrap(),
             (Empty, true)
+        );
+        assert_eq!(
+            framing(
+                Method::GET,
+                304,
+                &[("transfer-encoding", "chunked"), ("content-length", "3")]
+            )
+            .unwrap(),
+            (Empty, false),
+            "TE + CL on a bodyless answer: still never reused"
         );
         assert_eq!(framing(Method::GET, 200, &[]).unwrap(), (UntilClose, false));
         assert_eq!(
