@@ -34,7 +34,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod h1;
-pub mod head_timer;
+pub mod head_deadline;
 pub mod headers;
 pub mod histogram;
 pub mod memory;

@@ -3,14 +3,17 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::Request;
+use hyper::{Request, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -21,8 +24,9 @@ use tokio::task::JoinSet;
 
 use crate::body::ResponseBody;
 use crate::config::Limits;
-use crate::head_timer::ConnTimer;
+use crate::head_deadline::{Exchange, HeadDeadline};
 use crate::metrics::Metrics;
+use crate::upstream::BoxError;
 
 /// hyper's HTTP/1 header count limit when none is set.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
@@ -30,9 +34,9 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// Builds the connection builder with the configured protections.
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
+    // No timer for HTTP/1: the head deadline is the connection task's own (`head_deadline`).
     b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     // Only when it differs from hyper's own default (100): a configured count makes hyper
@@ -102,22 +106,27 @@ pub async fn serve<H, F>(
         };
         let io = TokioIo::new(stream);
         let handler = handler.clone();
-        // Set once a complete request head arrived (hyper calls the service only then).
-        let first_request = Arc::new(AtomicBool::new(false));
-        let seen = first_request.clone();
-        let service = service_fn(move |req| {
-            if !seen.load(Ordering::Relaxed) {
-                seen.store(true, Ordering::Relaxed);
+        let (mut head_deadline, gate) = HeadDeadline::new(limits.header_read_timeout);
+        let service = service_fn(move |req: Request<Incoming>| {
+            // A complete head: the head clock stops until the response has been sent.
+            let exchange = gate.begin();
+            if req.version() == Version::HTTP_2 {
+                // Streams are multiplexed: the clock covers an h2 connection's first request.
+                exchange.turn_off();
             }
             // Boxed once here: hyper moves the service future into its own storage, and
             // the proxy's future is a few KiB (copying it cost ~3 % of the CPU per request).
             let fut = Box::pin(handler(req, peer));
-            async move { Ok::<_, std::convert::Infallible>(fut.await) }
+            // After an upgrade (101) hyper hands the socket to the tunnel: no head deadline
+            // reaches it.
+            async move {
+                Ok::<_, std::convert::Infallible>(fut.await.map(|body| Served {
+                    body,
+                    _exchange: exchange,
+                }))
+            }
         });
-        // The header read timeout on a timer of the connection's own (see `head_timer`).
-        let mut conn_builder = builder.clone();
-        conn_builder.http1().timer(ConnTimer::new());
-        let conn = conn_builder
+        let conn = builder
             .serve_connection_with_upgrades(io, service)
             .into_owned();
         let conn = graceful.watch(conn);
@@ -125,22 +134,15 @@ pub async fn serve<H, F>(
         connections.spawn(async move {
             let _open = open;
             let mut conn = std::pin::pin!(conn);
-            // hyper bounds HTTP/1 heads itself; this also bounds the first HTTP/2 HEADERS
-            // frame (a slowloris over h2c would otherwise only meet IDLE_TIMEOUT). Dropped
-            // as soon as a request arrived: polling it on every wake-up cost ~3 % per request.
-            let mut head_deadline = Some(Box::pin(tokio::time::sleep(head_timeout)));
             let ended = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = conn.as_mut().poll(cx) {
                     return Poll::Ready(r.err().map(|e| e.to_string()));
                 }
-                if first_request.load(Ordering::Relaxed) {
-                    head_deadline = None;
-                } else if let Some(deadline) = head_deadline.as_mut() {
-                    if deadline.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Some(format!(
-                            "no complete request within {head_timeout:?}; closing"
-                        )));
-                    }
+                // Polled after the connection, where its responses end (the clock restarts).
+                if head_deadline.poll_expired(cx).is_ready() {
+                    return Poll::Ready(Some(format!(
+                        "no complete request head within {head_timeout:?}; closing"
+                    )));
                 }
                 Poll::Pending
             })
@@ -158,6 +160,33 @@ pub async fn serve<H, F>(
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
+}
+
+/// A response body that holds its request's [`Exchange`] until hyper drops it, which it does
+/// once the body has been sent (or the connection has gone).
+struct Served {
+    body: ResponseBody,
+    _exchange: Exchange,
+}
+
+impl Body for Served {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Counts an open connection and holds its slot under `MAX_CONNECTIONS` until dropped (also

@@ -304,12 +304,20 @@ async fn websocket_upgrades_are_tunnelled() {
         }
     });
     let list = origin_addr.to_string();
-    let b = Balancer::start(&[("STATIC_BACKENDS", list.as_str())]).await;
+    // A short head timeout: an open tunnel is not waiting for a request head.
+    let b = Balancer::start(&[
+        ("STATIC_BACKENDS", list.as_str()),
+        ("HEADER_READ_TIMEOUT", "300ms"),
+    ])
+    .await;
     let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/socket", b.addr))
         .await
         .expect("upgrade through the balancer failed");
     assert_eq!(resp.status(), 101);
     for i in 0..3 {
+        if i == 2 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
         ws.send(WsMessage::Text(format!("hello {i}").into()))
             .await
             .unwrap();

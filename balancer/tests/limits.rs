@@ -276,6 +276,58 @@ async fn between_requests_header_read_timeout_also_bounds_keep_alive() {
     );
 }
 
+/// The head clock runs only while no request is in flight: an answer that takes longer than
+/// HEADER_READ_TIMEOUT is still delivered, the connection stays usable, and the clock starts
+/// again when the response has been sent.
+#[tokio::test]
+async fn the_head_clock_stops_while_a_request_is_served() {
+    let slow = Origin::start(handler(|_req| async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        text(200, "slow")
+    }))
+    .await;
+    let b = Balancer::over(
+        &[&slow],
+        &[("HEADER_READ_TIMEOUT", "300ms"), ("IDLE_TIMEOUT", "10s")],
+    )
+    .await;
+    let mut c = RawConn::connect(b.addr).await;
+    for _ in 0..2 {
+        c.send(b"GET /slow HTTP/1.1\r\nhost: balancer\r\n\r\n")
+            .await
+            .unwrap();
+        let resp = c.response().await.expect("no response");
+        assert_eq!(resp.status, 200, "{resp:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Silent after the second response: closed about 300 ms after it.
+    let took = c.closed_within(Duration::from_secs(3)).await;
+    assert!(
+        took.is_some_and(|t| t >= Duration::from_millis(150) && t < Duration::from_secs(2)),
+        "closed {took:?} after the wait began"
+    );
+    assert_eq!(slow.hits(), 2);
+
+    // HTTP/2: the clock covers the first request only; the connection outlives it.
+    let opened = b.metric("balancer_connections_total").await;
+    let c = h2_client();
+    for _ in 0..2 {
+        let (resp, _) = send(
+            &c,
+            Request::get(b.url("/h2")).body(Full::default()).unwrap(),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(slow.hits(), 4);
+    assert_eq!(
+        b.metric("balancer_connections_total").await - opened,
+        1.0,
+        "the h2 connection was closed between its requests"
+    );
+}
+
 #[tokio::test]
 async fn at_max_connections_the_next_client_waits_until_one_closes() {
     let origin = Origin::named("ok").await;
