@@ -71,9 +71,7 @@ pub fn response_framing(
         method,
         status,
         version,
-        headers
-            .iter()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        headers.iter().map(|(n, v)| (n, v.as_bytes())),
     )
 }
 
@@ -82,7 +80,7 @@ fn framing_of_fields<'a>(
     method: &Method,
     status: StatusCode,
     version: Version,
-    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    fields: impl Iterator<Item = (&'a HeaderName, &'a [u8])>,
 ) -> Result<(Framing, bool), H1Error> {
     let mut close = false;
     // The last transfer coding named, over every Transfer-Encoding line.
@@ -90,15 +88,15 @@ fn framing_of_fields<'a>(
     let mut length: Result<Option<u64>, &'static str> = Ok(None);
     let mut has_length = false;
     for (name, value) in fields {
-        if name.eq_ignore_ascii_case(b"connection") {
+        if name == header::CONNECTION {
             close |= has_token(value, b"close");
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if name == header::TRANSFER_ENCODING {
             let last = value
                 .split(|b| *b == b',')
                 .map(<[u8]>::trim_ascii)
                 .rfind(|t| !t.is_empty());
             te = Some(last.or(te.flatten()));
-        } else if name.eq_ignore_ascii_case(b"content-length") {
+        } else if name == header::CONTENT_LENGTH {
             has_length = true;
             // The first fault found stays.
             for part in value.split(|b| *b == b',') {
@@ -383,11 +381,60 @@ pub struct Head {
     pub reusable: bool,
 }
 
+/// How many field names a [`NameCache`] keeps.
+const CACHED_NAMES: usize = 32;
+
+/// The field names of the last response head read on one connection, by position, with the
+/// bytes that spelled them. A backend sends the same names, spelled the same way, in the same
+/// order response after response, and comparing the bytes with those seen at that position
+/// last time is several times cheaper than building a `HeaderName` (which validates and
+/// lower-cases every byte and then looks the name up among the standard ones).
+#[derive(Debug, Default)]
+pub struct NameCache {
+    /// Spelling, name, and whether the name is hop-by-hop.
+    names: Vec<(Vec<u8>, HeaderName, bool)>,
+}
+
+impl NameCache {
+    /// The name of field number `i`, whose bytes are `raw`, and whether it is hop-by-hop
+    /// ([`is_hop_by_hop`], `Upgrade` included).
+    fn name(&mut self, i: usize, raw: &[u8]) -> Result<(HeaderName, bool), H1Error> {
+        if let Some((spelled, name, hop)) = self.names.get(i) {
+            if spelled.as_slice() == raw {
+                return Ok((name.clone(), *hop));
+            }
+        }
+        let name =
+            HeaderName::from_bytes(raw).map_err(|_| H1Error::Malformed("invalid header name"))?;
+        let hop = is_hop_by_hop(&name, false);
+        if let Some(seen) = self.names.get_mut(i) {
+            seen.0.clear();
+            seen.0.extend_from_slice(raw);
+            (seen.1, seen.2) = (name.clone(), hop);
+        } else if i == self.names.len() && i < CACHED_NAMES {
+            self.names.push((raw.to_vec(), name.clone(), hop));
+        }
+        Ok((name, hop))
+    }
+}
+
+/// A field of a response head being read: its value is at `at..at + len` in the buffer.
+struct Field {
+    name: HeaderName,
+    hop: bool,
+    at: usize,
+    len: usize,
+}
+
 /// The head of the response to `method` at the start of `buf` (consumed), or `None` while
 /// it is incomplete. Field values share the buffer's memory. The framing is read and the
 /// hop-by-hop fields are dropped in the same pass, instead of building every field into the
-/// map, reading it again and removing some.
-pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Error> {
+/// map, reading it again and removing some. `names`: the connection's [`NameCache`].
+pub fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    names: &mut NameCache,
+) -> Result<Option<Head>, H1Error> {
     // Uninitialised: zeroing 128 fields cost more than parsing a typical head.
     let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -412,44 +459,46 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H
     } else {
         Version::HTTP_11
     };
-    let raw_fields = &*parsed.headers;
+    // Names now (through the cache), values once the head is split off `buf` (where they
+    // are, by offset).
+    let start = buf.as_ptr() as usize;
+    let mut fields = Vec::with_capacity(parsed.headers.len());
+    for (i, h) in parsed.headers.iter().enumerate() {
+        let (name, hop) = names.name(i, h.name.as_bytes())?;
+        fields.push(Field {
+            name,
+            hop,
+            at: h.value.as_ptr() as usize - start,
+            len: h.value.len(),
+        });
+    }
+    let value = |f: &Field| &buf[f.at..f.at + f.len];
     let (framing, reusable) = framing_of_fields(
         method,
         status,
         version,
-        raw_fields.iter().map(|h| (h.name.as_bytes(), h.value)),
+        fields.iter().map(|f| (&f.name, value(f))),
     )?;
     // `Connection` lines that name more than `keep-alive` (which goes anyway): each field
     // is then checked against them. `close` counts: a field named `Close` goes too.
-    let is_connection = |h: &&httparse::Header<'_>| h.name.eq_ignore_ascii_case("connection");
-    let names_fields = raw_fields.iter().filter(is_connection).any(|h| {
-        h.value
+    let connection = |f: &&Field| f.name == header::CONNECTION;
+    let names_fields = fields.iter().filter(connection).any(|f| {
+        value(f)
             .split(|b| *b == b',')
             .map(<[u8]>::trim_ascii)
             .any(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive"))
     });
-    // Names now; values once the head is split off `buf` (where they are, by offset).
-    let start = buf.as_ptr() as usize;
-    let mut fields = Vec::with_capacity(raw_fields.len());
-    for h in raw_fields {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| H1Error::Malformed("invalid header name"))?;
-        if is_hop_by_hop(&name, false)
-            || (names_fields
-                && raw_fields
-                    .iter()
-                    .filter(is_connection)
-                    .any(|c| connection_names(c.value, &name)))
-        {
-            continue;
-        }
-        let at = h.value.as_ptr() as usize - start;
-        fields.push((name, at, h.value.len()));
-    }
+    // (No allocation in the usual case: `Vec::new` allocates nothing.)
+    let named: Vec<&[u8]> = if names_fields {
+        fields.iter().filter(connection).map(value).collect()
+    } else {
+        Vec::new()
+    };
+    fields.retain(|f| !(f.hop || named.iter().any(|v| connection_names(v, &f.name))));
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, at, n) in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
+    for Field { name, at, len, .. } in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
             .map_err(|_| H1Error::Malformed("invalid header value"))?;
         headers.append(name, value);
     }
@@ -712,15 +761,46 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 201 Created\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 3\r\n\r\nabc"[..],
         );
-        let head = parse_head(&mut buf, &Method::GET).unwrap().unwrap();
+        let names = &mut NameCache::default();
+        let head = parse_head(&mut buf, &Method::GET, names).unwrap().unwrap();
         assert_eq!(head.resp.status(), 201);
         assert_eq!(head.resp.headers().get_all("x-a").iter().count(), 2);
         assert_eq!((head.framing, head.reusable), (Framing::Length(3), true));
         assert_eq!(&buf[..], b"abc", "the body stays in the buffer");
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-A"[..]);
-        assert!(parse_head(&mut partial, &Method::GET).unwrap().is_none());
+        assert!(parse_head(&mut partial, &Method::GET, names)
+            .unwrap()
+            .is_none());
         let mut bad = BytesMut::from(&b"HTTP/1.1 2000 OK\r\n\r\n"[..]);
-        assert!(parse_head(&mut bad, &Method::GET).is_err());
+        assert!(parse_head(&mut bad, &Method::GET, names).is_err());
+    }
+
+    #[test]
+    fn the_name_cache_gives_the_names_the_bytes_spell() {
+        let names = &mut NameCache::default();
+        let mut head = |wire: &[u8]| {
+            parse_head(&mut BytesMut::from(wire), &Method::GET, names)
+                .map(|h| h.map(|h| h.resp.headers().clone()))
+        };
+        let first = head(b"HTTP/1.1 200 OK\r\nServer: a\r\nX-Id: 1\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        // Other case, another name at position 1, one more field.
+        let second = head(
+            b"HTTP/1.1 200 OK\r\nSERVER: b\r\nX-Other: 2\r\ncontent-length: 0\r\nX-Id: 3\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            first.keys().map(|n| n.as_str()).collect::<Vec<_>>(),
+            ["server", "x-id", "content-length"]
+        );
+        let keys: Vec<_> = second.keys().map(|n| n.as_str()).collect();
+        assert_eq!(keys, ["server", "x-other", "content-length", "x-id"]);
+        assert_eq!(second["x-id"], "3");
+        // A name like the cached one but invalid is still refused.
+        assert!(head(b"HTTP/1.1 200 OK\r\nServer: a\r\nX Other: 2\r\n\r\n").is_err());
+        assert!(head(b"HTTP/1.1 200 OK\r\nServe\xf2: a\r\n\r\n").is_err());
     }
 
     /// What the head gave before it was read in one pass: every field in the map, the
@@ -760,10 +840,17 @@ mod tests {
             b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nTE: trailers\r\nTrailer: X-T\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n",
         ];
+        // One name cache for all (as one connection would see them) and a fresh one for each.
+        let mut shared = NameCache::default();
         for head in heads {
-            for method in [Method::GET, Method::HEAD] {
+            for (method, names) in [Method::GET, Method::HEAD]
+                .into_iter()
+                .flat_map(|m| [(m.clone(), true), (m, false)])
+            {
                 let expected = two_pass(head, &method);
-                let got = parse_head(&mut BytesMut::from(head), &method)
+                let mut fresh = NameCache::default();
+                let names = if names { &mut shared } else { &mut fresh };
+                let got = parse_head(&mut BytesMut::from(head), &method, names)
                     .map(|h| h.map(|h| (h.resp.headers().clone(), h.framing, h.reusable)));
                 match (expected, got) {
                     (Ok(e), Ok(Some(g))) => {

@@ -226,6 +226,8 @@ struct OwnConn {
     chunk: usize,
     lease: Arc<Lease>,
     since: Instant,
+    /// The field names of the last response head (see [`h1::NameCache`]).
+    names: h1::NameCache,
 }
 
 impl Drop for OwnConn {
@@ -487,7 +489,7 @@ async fn read_head(
     method: &http::Method,
 ) -> Result<h1::Head, H1Error> {
     loop {
-        match h1::parse_head(&mut conn.buf, method)? {
+        match h1::parse_head(&mut conn.buf, method, &mut conn.names)? {
             Some(head) if head.resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                 return Err(H1Error::Malformed("101 without an upgrade asked for"));
             }
@@ -764,6 +766,7 @@ async fn connect_own(address: &str, dial: &Dial) -> Result<OwnConn, UpstreamErro
         chunk,
         lease,
         since: Instant::now(),
+        names: h1::NameCache::default(),
     })
 }
 

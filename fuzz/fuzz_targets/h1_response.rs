@@ -3,13 +3,14 @@
 //! and chunked bodies (`ChunkedDecoder`). Input: byte 0 = how many bytes to feed the decoder
 //! at a time (1..=64), then the response as it would arrive on the wire.
 //! Asserts: a parsed head consumes no more than the input and has at most 128 fields; it
+//! is the same when read again with the field names cached from it or from another head; it
 //! equals the two-pass reading (every field into a map, `response_framing` on the map, then
 //! `strip_hop_by_hop`); a framing decision is consistent (no body for 1xx/204/304; a
 //! `Transfer-Encoding` with a `Content-Length` is never reused); a chunked body decodes to
 //! the same data, trailers and outcome whether it arrives in one piece or in small pieces;
 //! the decoder always makes progress (every call consumes bytes, or asks for more, or ends).
 #![no_main]
-use balancer::h1::{parse_head, response_framing, Chunk, ChunkedDecoder, Framing};
+use balancer::h1::{parse_head, response_framing, Chunk, ChunkedDecoder, Framing, NameCache};
 use balancer::headers::strip_hop_by_hop;
 use bytes::BytesMut;
 use http::header::{HeaderName, HeaderValue};
@@ -55,9 +56,20 @@ fuzz_target!(|input: &[u8]| {
     };
     let step = usize::from(first % 64) + 1;
     let mut buf = BytesMut::from(wire);
-    let Ok(Some(head)) = parse_head(&mut buf, &Method::GET) else {
+    let mut names = NameCache::default();
+    let Ok(Some(head)) = parse_head(&mut buf, &Method::GET, &mut names) else {
         return;
     };
+    // The names cached from this head, and from a typical other one, give the same head.
+    let mut warmed = NameCache::default();
+    let typical = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: x\r\nContent-Type: text/html\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n";
+    let _ = parse_head(&mut BytesMut::from(&typical[..]), &Method::GET, &mut warmed);
+    for cache in [&mut names, &mut warmed] {
+        let again = parse_head(&mut BytesMut::from(wire), &Method::GET, cache);
+        let again = again.expect("refused with cached names").expect("incomplete with cached names");
+        assert_eq!(again.resp.headers(), head.resp.headers(), "cached names changed the head");
+        assert_eq!((again.framing, again.reusable), (head.framing, head.reusable));
+    }
     assert!(buf.len() <= wire.len());
     assert!(head.resp.headers().len() <= 128);
     let (framing, reusable) = (head.framing, head.reusable);
