@@ -126,10 +126,7 @@ pub async fn run(
     ));
     let proxy_handler = {
         let proxy = proxy.clone();
-        move |req, peer| {
-            let proxy = proxy.clone();
-            async move { proxy.handle(req, peer).await }
-        }
+        move |req, peer| Arc::clone(&proxy).handle(req, peer)
     };
     let admin_handler = {
         let (proxy, metrics) = (proxy.clone(), metrics.clone());

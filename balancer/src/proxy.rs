@@ -82,9 +82,11 @@ impl Proxy {
         self.cache.as_ref()
     }
 
-    /// Serves one client request. Never fails: errors become short JSON answers.
+    /// Serves one client request. Never fails: errors become short JSON answers. Takes the
+    /// proxy by `Arc` so that the future is the server's to keep as it is (no async block
+    /// around it to hold the proxy, which would copy the whole future once more).
     pub async fn handle(
-        &self,
+        self: Arc<Self>,
         req: Request<Incoming>,
         client: SocketAddr,
     ) -> Response<ResponseBody> {
@@ -96,7 +98,16 @@ impl Proxy {
                 debug!("refusing {} {}: {refusal}", req.method(), req.uri());
                 self.client_fault(refusal.into())
             }
-            Ok(()) => self.dispatch_request(req, client).await,
+            // The task API, or a backend. (One async level less than a function for this
+            // choice: every level moves the request in and the response out again.)
+            Ok(()) => match &self.tasks {
+                // Boxed, like the cache path: the task API's future is large, and a future's
+                // size is copied whenever hyper stores or spawns it.
+                Some(tasks) if tasks.claims(&req) => {
+                    (Box::pin(tasks.handle(req, client)).await, Source::Local)
+                }
+                _ => self.route(req, client).await,
+            },
         };
         self.metrics
             .observe(source, resp.status().as_u16(), start.elapsed());
@@ -107,21 +118,6 @@ impl Proxy {
     fn client_fault(&self, error: ProxyError) -> (Response<ResponseBody>, Source) {
         self.metrics.client_fault(error.code());
         (error.response(), Source::Local)
-    }
-
-    async fn dispatch_request(
-        &self,
-        req: Request<Incoming>,
-        client: SocketAddr,
-    ) -> (Response<ResponseBody>, Source) {
-        match &self.tasks {
-            // Boxed, like the cache path: the task API's future is large, and a future's
-            // size is copied whenever hyper stores or spawns it.
-            Some(tasks) if tasks.claims(&req) => {
-                (Box::pin(tasks.handle(req, client)).await, Source::Local)
-            }
-            _ => self.route(req, client).await,
-        }
     }
 
     async fn route(

@@ -32,6 +32,7 @@
 //! request was written) is sent again on a new connection: nothing reached the backend, so this
 //! is safe for every method.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use http::{header, HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -325,21 +327,34 @@ impl ConnPool {
     /// comes back without its hop-by-hop fields (but for a `101`). `forwarded` is
     /// written into the head of a request that [`goes_own`]; for one that goes through
     /// hyper's client it must be `None` (already in the headers).
-    pub async fn send(
+    ///
+    /// Not an async function itself: it hands over the future of the client that takes the
+    /// request, so the caller holds that one directly (one async level less to move the
+    /// request through); hyper's path, the rarer one, is boxed.
+    pub fn send<'a>(
+        self: &'a Arc<Self>,
+        address: &'a str,
+        dial: &'a Dial,
+        req: Request<RequestBody>,
+        forwarded: Option<&'a Forwarded>,
+        now: Instant,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, Unsent>> + Send + 'a {
+        if goes_own(req.body(), req.headers()) {
+            let body = req.body().in_memory().flatten().cloned();
+            Either::Left(self.send_own(address, dial, req, body, forwarded, now))
+        } else {
+            debug_assert!(forwarded.is_none(), "forwarding fields not added for hyper");
+            Either::Right(Box::pin(self.send_hyper(address, dial, req)))
+        }
+    }
+
+    /// [`ConnPool::send`] over hyper's client (streamed bodies, upgrades).
+    async fn send_hyper(
         self: &Arc<Self>,
         address: &str,
         dial: &Dial,
         req: Request<RequestBody>,
-        forwarded: Option<&Forwarded>,
-        now: Instant,
     ) -> Result<Response<UpstreamBody>, Unsent> {
-        if goes_own(req.body(), req.headers()) {
-            let body = req.body().in_memory().flatten().cloned();
-            return self
-                .send_own(address, dial, req, body, forwarded, now)
-                .await;
-        }
-        debug_assert!(forwarded.is_none(), "forwarding fields not added for hyper");
         let mut req = req;
         let mut fresh = false;
         loop {
