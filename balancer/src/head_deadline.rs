@@ -2,7 +2,7 @@
 //! the connection's own task instead of by hyper.
 //!
 //! The clock runs whenever no request is in flight: from the accept, and again from the end of
-//! every response. It stops when a complete head has arrived (hyper calls the service). So a
+//! every response (when hyper has taken its last bytes, as for hyper's own header timer). It stops when a complete head has arrived (hyper calls the service). So a
 //! client that sends its head byte by byte (slowloris) and an HTTP/1.1 keep-alive connection
 //! that stays silent between requests are both closed `HEADER_READ_TIMEOUT` after the
 //! connection became idle. On HTTP/2 the clock covers the first request only (streams are
@@ -168,14 +168,19 @@ mod tests {
         tokio::task::yield_now().await;
     }
 
+    /// Asserts that `d` expires `after` from now (to within 10 ms), letting the clock run.
+    async fn expires_after(d: &mut HeadDeadline, after: Duration, what: &str) {
+        advance(after - Duration::from_millis(10)).await;
+        assert!(!expired(d), "{what}: expired too early");
+        advance(Duration::from_millis(20)).await;
+        assert!(expired(d), "{what}: not expired in time");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_new_connection_has_the_timeout_for_its_first_head() {
         let (mut d, _gate) = HeadDeadline::new(Duration::from_secs(10));
         assert!(!expired(&mut d));
-        advance(Duration::from_millis(9_990)).await;
-        assert!(!expired(&mut d));
-        advance(Duration::from_millis(20)).await;
-        assert!(expired(&mut d));
+        expires_after(&mut d, Duration::from_secs(10), "the idle period").await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -190,13 +195,12 @@ mod tests {
         assert!(!expired(&mut d), "expired while a request was in flight");
         drop(exchange);
         assert!(!expired(&mut d));
-        advance(Duration::from_millis(9_990)).await;
-        assert!(
-            !expired(&mut d),
-            "the idle clock started before the response ended"
-        );
-        advance(Duration::from_millis(20)).await;
-        assert!(expired(&mut d));
+        expires_after(
+            &mut d,
+            Duration::from_secs(10),
+            "the idle period after the response",
+        )
+        .await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -230,10 +234,7 @@ mod tests {
         advance(Duration::from_secs(3)).await;
         drop(exchange);
         assert!(!expired(&mut d));
-        advance(Duration::from_millis(9_990)).await;
-        assert!(!expired(&mut d));
-        advance(Duration::from_millis(20)).await;
-        assert!(expired(&mut d));
+        expires_after(&mut d, Duration::from_secs(10), "the idle period").await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -163,7 +163,8 @@ pub async fn serve<H, F>(
 }
 
 /// A response body that holds its request's [`Exchange`] until hyper drops it, which it does
-/// once the body has been sent (or the connection has gone).
+/// once it has taken the body's last bytes (some may still wait in its write buffer, as they
+/// did when hyper's own header timer started) or the connection has gone.
 struct Served {
     body: ResponseBody,
     _exchange: Exchange,
