@@ -23,8 +23,11 @@ other; every mode starts its own origins and proxies):
           p50/p99 are exact, from h2load's per-request --log-file.
   cores2  HTTP/1.1 driven by wrk, but each proxy gets two cores and shares
           them with wrk and the origins (no pinning split): nginx
-          worker_processes 2, HAProxy nbthread 2, the balancer unpinned so its
-          multi-thread runtime starts one worker per available CPU (2).
+          worker_processes 2, HAProxy nbthread 2, the balancer unpinned so it
+          starts one worker thread per available CPU (2): with its default
+          RUNTIME_LAYOUT=per-core a current-thread runtime each, with its own
+          SO_REUSEPORT socket (RUNTIME_LAYOUT=shared in the environment: one
+          work-stealing runtime; the variable is passed through).
 Targets:
   direct    load generator straight to one origin (baseline, no proxy;
             h1 and cores2 only - the origins speak HTTP/1.1)
@@ -806,7 +809,7 @@ run_mode() {
     case $MODE in
         h1) mode_meta "description" "HTTP/1.1 (wrk), each proxy on one pinned core: nginx 1 worker, HAProxy nbthread 1, balancer current-thread runtime (1 CPU available)" ;;
         h2c) mode_meta "description" "HTTP/2 cleartext with prior knowledge (h2load, $H2_CONNS connections x $H2_STREAMS concurrent streams), each proxy on one pinned core; upstream still HTTP/1.1 keep-alive" ;;
-        cores2) mode_meta "description" "HTTP/1.1 (wrk -t$M_WRK_THREADS), each proxy with two workers on two cores shared with wrk and the origins: nginx worker_processes 2, HAProxy nbthread 2, balancer multi-thread runtime with $CORES2_NCPU workers" ;;
+        cores2) mode_meta "description" "HTTP/1.1 (wrk -t$M_WRK_THREADS), each proxy with two workers on two cores shared with wrk and the origins: nginx worker_processes 2, HAProxy nbthread 2, balancer $CORES2_NCPU worker threads, RUNTIME_LAYOUT=${RUNTIME_LAYOUT:-per-core}" ;;
     esac
     mode_meta "load command" "$(load_cmd_desc)"
     mode_meta "pinning" "$M_PIN_DESC"
@@ -815,7 +818,7 @@ run_mode() {
     want haproxy && mode_meta "haproxy" "nbthread $R_WORKERS, bind 127.0.0.1:<port>${R_BIND}, http-reuse always, servers over HTTP/1.1"
     want balancer && mode_meta "balancer command" "$BALANCER_CMD"
     if [[ $MODE == cores2 && -n $bal_threads ]]; then
-        mode_meta "balancer threads" "$bal_threads OS threads after start (runtime workers = available parallelism = $CORES2_NCPU; WORKER_THREADS unset)"
+        mode_meta "balancer threads" "$bal_threads OS threads after start (worker threads = available parallelism = $CORES2_NCPU; WORKER_THREADS unset; RUNTIME_LAYOUT=${RUNTIME_LAYOUT:-per-core})"
     fi
     for t in "${MODE_TARGETS[@]}"; do
         [[ $t == direct ]] && continue

@@ -51,6 +51,7 @@ pub const REPORT_INTERVAL: &str = "REPORT_INTERVAL";
 pub const AGENT_STALE_AFTER: &str = "AGENT_STALE_AFTER";
 pub const RECONNECT_MAX: &str = "RECONNECT_MAX";
 pub const WORKER_THREADS: &str = "WORKER_THREADS";
+pub const RUNTIME_LAYOUT: &str = "RUNTIME_LAYOUT";
 pub const APP_IDENTIFIER: &str = "APP_IDENTIFIER";
 pub use protocol::redis_target::{REDIS_DB, REDIS_HOST, REDIS_PASSWORD, REDIS_PORT};
 pub const TASK_PATH_PREFIX: &str = "TASK_PATH_PREFIX";
@@ -96,13 +97,37 @@ pub struct Config {
     pub agent_stale_after: Duration,
     /// Cap of the reconnect back-off.
     pub reconnect_max: Duration,
-    /// Tokio worker threads; `None` = the CPUs this process may run on.
+    /// Tokio worker threads; `None` = the CPUs this process may run on (the binary fills
+    /// it in; [`crate::run`] reads `None` as one).
     pub worker_threads: Option<usize>,
+    /// How those threads serve the proxy listener (`RUNTIME_LAYOUT`).
+    pub runtime_layout: RuntimeLayout,
     /// Redis for task submissions; `None` when `REDIS_HOST` is empty (tasks disabled).
     pub redis: Option<RedisTarget>,
     /// `APP_IDENTIFIER`: balancers of one app share one task queue (`rustybalancer:{app}:tasks:`).
     pub app: String,
     pub tasks: TaskConfig,
+}
+
+/// How the worker threads serve the proxy listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeLayout {
+    /// One current-thread runtime per worker thread, each accepting its own share of the
+    /// proxy's connections (`SO_REUSEPORT`) and keeping its own upstream connections: no
+    /// task or socket crosses threads on the request path.
+    PerCore,
+    /// One multi-thread (work-stealing) runtime for everything.
+    Shared,
+}
+
+impl RuntimeLayout {
+    fn parse(v: &str) -> Option<RuntimeLayout> {
+        match v {
+            "per-core" => Some(RuntimeLayout::PerCore),
+            "shared" => Some(RuntimeLayout::Shared),
+            _ => None,
+        }
+    }
 }
 
 /// Task submissions (`TASK_*`); see artefacts/tasks.md.
@@ -302,6 +327,12 @@ impl Config {
             0 => None,
             n => Some(n as usize),
         };
+        let runtime_layout = r.get(
+            RUNTIME_LAYOUT,
+            RuntimeLayout::PerCore,
+            "one of per-core, shared",
+            RuntimeLayout::parse,
+        );
         let redis = RedisTarget::read(&mut r);
         let app = r.get(
             APP_IDENTIFIER,
@@ -334,6 +365,7 @@ impl Config {
             agent_stale_after,
             reconnect_max,
             worker_threads,
+            runtime_layout,
             redis,
             app,
             tasks,
@@ -481,6 +513,8 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_secs(30));
         assert_eq!(c.cache.capacity, 10_000);
         assert_eq!(c.strategy, Strategy::Weighted);
+        assert_eq!(c.runtime_layout, RuntimeLayout::PerCore);
+        assert_eq!(c.worker_threads, None);
         assert!(c.cache.extensions.contains(&"css".to_string()));
         assert_eq!(
             c.redis.as_ref().map(RedisTarget::url).as_deref(),
@@ -501,6 +535,17 @@ mod tests {
         assert_eq!(l.h2_max_pending_reset_streams, 20);
         assert_eq!(l.h2_max_local_error_reset_streams, 1024);
         assert_eq!(l.h2_max_send_buf_bytes, 64 << 10);
+    }
+
+    #[test]
+    fn runtime_layout() {
+        let c = parse(&[(RUNTIME_LAYOUT, "shared"), (WORKER_THREADS, "3")]).unwrap();
+        assert_eq!(
+            (c.runtime_layout, c.worker_threads),
+            (RuntimeLayout::Shared, Some(3))
+        );
+        let err = parse(&[(RUNTIME_LAYOUT, "per-thread")]).unwrap_err();
+        assert_eq!(err.variables(), [RUNTIME_LAYOUT]);
     }
 
     #[test]

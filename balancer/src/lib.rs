@@ -20,6 +20,8 @@
 //!   transfer codings, header count); pure.
 //! - [`cache`]: caching policy (pure) and the moka store.
 //! - [`server`]: accept loops, connection limits, idle timeout, graceful shutdown.
+//! - [`shards`]: one current-thread runtime per worker thread for the proxy listener
+//!   (`RUNTIME_LAYOUT=per-core`), each with its own socket and upstream connections.
 //! - [`admin`], [`metrics`], [`histogram`]: `/health`, `/metrics`, `/queue`.
 //! - [`memory`]: free memory handed back to the system after a burst of connections.
 //! - [`budget`]: the retry budget. [`error`]: errors mapped to HTTP answers.
@@ -43,6 +45,7 @@ pub mod proxy;
 pub mod request_body;
 pub mod selection;
 pub mod server;
+pub mod shards;
 pub mod strict;
 pub mod tasks;
 pub mod upstream;
@@ -51,12 +54,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use log::info;
+use log::{error, info};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::backends::{static_queue, Backends};
-use crate::config::Config;
+use crate::config::{Config, RuntimeLayout};
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -73,6 +76,12 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 
 /// Runs the balancer on already-bound listeners until `shutdown` completes, then drains
 /// in-flight requests for up to `SHUTDOWN_GRACE` and returns.
+///
+/// With `RUNTIME_LAYOUT=per-core` and `WORKER_THREADS` = N > 1 the proxy listener is served
+/// by N shards ([`shards`]): the caller's runtime (which should then be a current-thread
+/// one) and N - 1 threads started here; bind `proxy_listener` with
+/// [`shards::bind_shared`] so each gets a socket of its own. `WORKER_THREADS` unset
+/// counts as one here (the binary sets it to the CPU count).
 pub async fn run(
     config: Config,
     proxy_listener: TcpListener,
@@ -80,13 +89,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let config = Arc::new(config);
+    let shard_count = match config.runtime_layout {
+        RuntimeLayout::PerCore => config.worker_threads.unwrap_or(1).max(1),
+        RuntimeLayout::Shared => 1,
+    };
+    // Before the metrics and any backend's connection pool exist.
+    shards::plan(shard_count);
     let metrics = Arc::new(Metrics::default());
     let backends = Arc::new(Backends::new(config.strategy, config.ejection.clone()));
     if !config.static_backends.is_empty() {
         backends.replace(&static_queue(&config.static_backends));
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let trimmer = tokio::spawn(memory::trim_after_bursts(metrics.clone()));
     let stopped = |mut rx: watch::Receiver<bool>| async move { stopped(&mut rx).await };
 
     let agent = config.agent_url.clone().map(|url| {
@@ -135,18 +149,80 @@ pub async fn run(
             async move { resp }
         }
     };
+    let cap = protocol::net::cap(config.limits.max_connections);
+    let mut others = Vec::new();
+    for index in 1..shard_count {
+        let sibling = match shards::Sibling::of(&proxy_listener) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(
+                    "proxy shard {index}: no listening socket ({e}); serving with {index} shards"
+                );
+                break;
+            }
+        };
+        let how = sibling.describe();
+        let serve_shard = {
+            let (cap, limits, metrics) = (cap.clone(), config.limits.clone(), metrics.clone());
+            let (grace, handler, stop) = (
+                config.shutdown_grace,
+                proxy_handler.clone(),
+                stop_rx.clone(),
+            );
+            move || async move {
+                match sibling.into_tokio() {
+                    Ok(listener) => {
+                        let stopped = stopped(stop);
+                        server::serve(
+                            "proxy",
+                            listener,
+                            cap,
+                            limits,
+                            Some(metrics),
+                            grace,
+                            handler,
+                            stopped,
+                        )
+                        .await;
+                    }
+                    Err(e) => error!("proxy shard {index}: cannot listen: {e}"),
+                }
+            }
+        };
+        match shards::spawn(index, serve_shard) {
+            Ok(thread) => {
+                info!("proxy shard {index} started on {how}");
+                others.push(thread);
+            }
+            Err(e) => {
+                error!("proxy shard {index}: cannot start ({e}); serving with {index} shards");
+                break;
+            }
+        }
+    }
+    let trimmer = tokio::spawn(memory::trim_after_bursts(
+        metrics.clone(),
+        others.iter().map(|t| t.handle.clone()).collect(),
+    ));
     let proxy_server = server::serve(
         "proxy",
         proxy_listener,
+        cap,
         config.limits.clone(),
         Some(metrics.clone()),
         config.shutdown_grace,
         proxy_handler,
         stopped(stop_rx.clone()),
     );
+    let others_finished = async move {
+        for thread in others {
+            thread.finished().await;
+        }
+    };
     let admin_server = server::serve(
         "admin",
         admin_listener,
+        protocol::net::cap(config.limits.max_connections),
         config.limits.clone(),
         None,
         ADMIN_GRACE,
@@ -161,7 +237,7 @@ pub async fn run(
         std::future::pending::<()>().await;
     };
     tokio::select! {
-        _ = async { tokio::join!(proxy_server, admin_server) } => {}
+        _ = async { tokio::join!(proxy_server, admin_server, others_finished) } => {}
         _ = trigger => {}
     }
     if let Err(e) = workers.await {

@@ -7,13 +7,13 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use balancer::config::Config;
+use balancer::config::{Config, RuntimeLayout};
 use log::{error, info};
 use protocol::process::{self, EXIT_UNAVAILABLE};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = match Config::from_env() {
+    let mut config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => return process::config_failure(&e),
     };
@@ -23,8 +23,11 @@ fn main() -> ExitCode {
     let threads = config.worker_threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    // One thread: the current-thread scheduler skips the work-stealing machinery.
-    let mut rt = if threads == 1 {
+    config.worker_threads = Some(threads);
+    let per_core = config.runtime_layout == RuntimeLayout::PerCore && threads > 1;
+    // One thread, or one runtime per thread (`balancer::run` starts the others): the
+    // current-thread scheduler skips the work-stealing machinery.
+    let mut rt = if threads == 1 || per_core {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -42,10 +45,13 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         let proxy_addr = SocketAddr::new(config.bind_address, config.http_port);
         let admin_addr = SocketAddr::new(config.bind_address, config.admin_port);
-        let (proxy, admin) = match (
-            tokio::net::TcpListener::bind(proxy_addr).await,
-            tokio::net::TcpListener::bind(admin_addr).await,
-        ) {
+        let proxy = if per_core {
+            // Each shard binds the address again (SO_REUSEPORT).
+            balancer::shards::bind_shared(proxy_addr)
+        } else {
+            tokio::net::TcpListener::bind(proxy_addr).await
+        };
+        let (proxy, admin) = match (proxy, tokio::net::TcpListener::bind(admin_addr).await) {
             (Ok(p), Ok(a)) => (p, a),
             (p, a) => {
                 if let Err(e) = p {
@@ -58,9 +64,14 @@ fn main() -> ExitCode {
             }
         };
         info!(
-            "balancer {} starting: strategy={}, agent={}",
+            "balancer {} starting: strategy={}, {threads} worker threads ({}), agent={}",
             config.balancer_id,
             config.strategy.as_str(),
+            if per_core {
+                "a runtime each"
+            } else {
+                "one runtime"
+            },
             config
                 .agent_url
                 .as_deref()

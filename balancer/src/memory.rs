@@ -10,6 +10,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::runtime::Handle;
+
 use crate::metrics::Metrics;
 
 /// Bursts smaller than this many connections are not worth a trim.
@@ -22,7 +24,9 @@ pub fn burst_ended(peak: u64, now: u64) -> bool {
 }
 
 /// Watches the open connection count and trims after each burst; runs until dropped.
-pub async fn trim_after_bursts(metrics: Arc<Metrics>) {
+/// `shards`: the runtimes of the other proxy shards ([`crate::shards`]), whose threads
+/// free memory of their own.
+pub async fn trim_after_bursts(metrics: Arc<Metrics>, shards: Vec<Handle>) {
     let mut peak = 0;
     let mut tick = tokio::time::interval(CHECK_EVERY);
     loop {
@@ -31,7 +35,7 @@ pub async fn trim_after_bursts(metrics: Arc<Metrics>) {
         peak = peak.max(now);
         if burst_ended(peak, now) {
             log::debug!("connections fell from {peak} to {now}: returning free memory");
-            give_back().await;
+            give_back(&shards).await;
             peak = now;
         }
     }
@@ -40,23 +44,27 @@ pub async fn trim_after_bursts(metrics: Arc<Metrics>) {
 /// glibc: one `malloc_trim` for the whole process, on a blocking thread (it walks every
 /// arena and can take a while after a large burst).
 #[cfg(not(feature = "mimalloc"))]
-async fn give_back() {
+async fn give_back(_shards: &[Handle]) {
     let _ = tokio::task::spawn_blocking(trim).await;
 }
 
 /// mimalloc: each thread's heap holds the pages it freed and only that thread can give them
 /// back (`mi_collect`), so a collection is run as a task on every runtime worker in turn
-/// (a worker runs a task it spawned itself first, and yields between them).
+/// (a worker runs a task it spawned itself first, and yields between them), and on every
+/// other shard's thread.
 #[cfg(feature = "mimalloc")]
-async fn give_back() {
-    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+async fn give_back(shards: &[Handle]) {
+    let collect = || async {
+        // SAFETY: mi_collect only frees the calling thread's empty pages and purges
+        // unused arena memory; it has no preconditions.
+        unsafe { libmimalloc_sys::mi_collect(true) }
+    };
+    let workers = Handle::current().metrics().num_workers();
     for _ in 0..workers.max(1) {
-        let _ = tokio::spawn(async {
-            // SAFETY: mi_collect only frees the calling thread's empty pages and purges
-            // unused arena memory; it has no preconditions.
-            unsafe { libmimalloc_sys::mi_collect(true) }
-        })
-        .await;
+        let _ = tokio::spawn(collect()).await;
+    }
+    for shard in shards {
+        let _ = shard.spawn(collect()).await;
     }
 }
 

@@ -54,6 +54,9 @@ pub struct Metrics {
     pub latency: PromHistogram,
     pub connections_active: AtomicU64,
     pub connections_total: AtomicU64,
+    /// Accepted client connections by proxy shard ([`crate::shards`]); slots as planned
+    /// when the metrics were made.
+    shard_connections: Box<[AtomicU64]>,
     pub retries: AtomicU64,
     pub retries_refused: AtomicU64,
     pub upgrades: AtomicU64,
@@ -74,6 +77,15 @@ pub struct Metrics {
     pub task_queue_depth: AtomicU64,
 }
 
+impl Metrics {
+    /// One more client connection accepted (by the calling thread's shard).
+    pub fn count_connection(&self) {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        let slots = &self.shard_connections;
+        slots[crate::shards::current() % slots.len()].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Metrics {
         Metrics {
@@ -82,6 +94,9 @@ impl Default for Metrics {
             latency: PromHistogram::default(),
             connections_active: AtomicU64::default(),
             connections_total: AtomicU64::default(),
+            shard_connections: (0..crate::shards::planned())
+                .map(|_| AtomicU64::default())
+                .collect(),
             retries: AtomicU64::default(),
             retries_refused: AtomicU64::default(),
             upgrades: AtomicU64::default(),
@@ -317,6 +332,15 @@ impl Metrics {
         ];
         for (name, kind, help, value) in scalars {
             out.single(name, kind, help, value);
+        }
+        let by_shard = "balancer_shard_connections_total";
+        out.family(
+            by_shard,
+            Kind::Counter,
+            "Accepted client connections by the proxy shard (thread) that accepted them.",
+        );
+        for (shard, n) in self.shard_connections.iter().enumerate() {
+            out.sample(by_shard, &[("shard", &shard.to_string())], get(n));
         }
         out.family(
             "balancer_client_faults_total",

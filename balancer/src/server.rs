@@ -20,6 +20,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use log::{debug, info, warn};
 use protocol::net::{Accepted, Acceptor};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::body::ResponseBody;
@@ -64,12 +65,15 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves `handler` on `listener` until `shutdown` completes, then waits up to `grace` for
-/// open connections to finish their requests. `counted`: the metrics whose connection
-/// gauges this listener's connections count in (`None` for the admin listener, so that a
-/// scrape does not count itself).
+/// open connections to finish their requests. `cap`: the connection cap (`MAX_CONNECTIONS`,
+/// [`protocol::net::cap`]), shared by the shards of one listener. `counted`: the metrics
+/// whose connection gauges this listener's connections count in (`None` for the admin
+/// listener, so that a scrape does not count itself).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
+    cap: Arc<Semaphore>,
     limits: Limits,
     counted: Option<Arc<Metrics>>,
     grace: Duration,
@@ -81,7 +85,7 @@ pub async fn serve<H, F>(
 {
     let builder = builder(&limits);
     let graceful = GracefulShutdown::new();
-    let acceptor = Acceptor::new(name, listener, limits.max_connections, limits.idle_timeout);
+    let acceptor = Acceptor::sharing(name, listener, cap, limits.idle_timeout);
     // Every connection's task, so those still open after the grace period can be closed
     // (aborted) instead of outliving the server. Finished ones are reaped as new ones come.
     let mut connections = JoinSet::new();
@@ -97,7 +101,7 @@ pub async fn serve<H, F>(
     {
         while connections.try_join_next().is_some() {}
         if let Some(m) = &counted {
-            m.connections_total.fetch_add(1, Ordering::Relaxed);
+            m.count_connection();
             m.connections_active.fetch_add(1, Ordering::Relaxed);
         }
         let open = OpenConnection {

@@ -35,7 +35,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,7 @@ use tokio::net::TcpStream;
 use crate::h1::{self, Chunk, ChunkedDecoder, Framing, H1Error};
 use crate::headers::{strip_hop_by_hop, Forwarded};
 use crate::request_body::RequestBody;
+use crate::shards::PerShard;
 
 /// Errors of response bodies (hyper's or [`H1Error`]).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -238,11 +239,12 @@ impl Drop for OwnConn {
     }
 }
 
-/// The idle connections of one backend.
+/// The idle connections of one backend, per shard ([`crate::shards`]): a connection is
+/// reused by the shard that opened it, whose reactor its socket is registered with.
 #[derive(Default)]
 pub struct ConnPool {
-    idle: Mutex<Vec<Idle>>,
-    own: Mutex<Vec<OwnConn>>,
+    idle: PerShard<Vec<Idle>>,
+    own: PerShard<Vec<OwnConn>>,
 }
 
 /// Whether a request with `body` and `headers` goes through the balancer's own client: its
@@ -251,19 +253,11 @@ pub fn goes_own(body: &RequestBody, headers: &HeaderMap) -> bool {
     body.in_memory().is_some() && !headers.contains_key(header::UPGRADE)
 }
 
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl ConnPool {
-    fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
-        locked(&self.idle)
-    }
-
     /// The most recently used own connection that is still open and silent, at `now`.
     fn checkout_own(&self, now: Instant) -> Option<OwnConn> {
         loop {
-            let mut conn = locked(&self.own).pop()?;
+            let mut conn = self.own.local().pop()?;
             if now.saturating_duration_since(conn.since) > IDLE_EXPIRY {
                 continue;
             }
@@ -287,7 +281,7 @@ impl ConnPool {
     }
 
     fn put_own(&self, conn: OwnConn) {
-        let mut idle = locked(&self.own);
+        let mut idle = self.own.local();
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
@@ -296,7 +290,7 @@ impl ConnPool {
     /// The most recently used live connection, ready for a request.
     async fn checkout(&self) -> Option<Sender> {
         loop {
-            let Idle { mut sender, since } = self.lock().pop()?;
+            let Idle { mut sender, since } = self.idle.local().pop()?;
             if since.elapsed() > IDLE_EXPIRY {
                 continue;
             }
@@ -314,7 +308,7 @@ impl ConnPool {
         if sender.send.is_closed() {
             return;
         }
-        let mut idle = self.lock();
+        let mut idle = self.idle.local();
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 sender,

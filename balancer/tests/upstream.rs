@@ -110,3 +110,69 @@ async fn a_pooled_connection_closed_by_the_backend_is_replaced() {
     // Nothing was counted as a backend failure.
     assert_eq!(b.metric("balancer_retries_total").await, 0.0);
 }
+
+/// 32 client connections in turn, three requests each, through a balancer with two
+/// per-core shards listening on `proxy`: every request is answered, the connections are
+/// counted by the shard that accepted them, and each shard keeps its own upstream
+/// connection (the requests never overlap, so a shard needs one at most). Returns the
+/// connections each shard accepted.
+async fn through_two_shards(proxy: TcpListener) -> [f64; 2] {
+    let origin = CountingOrigin::start(usize::MAX, Duration::ZERO).await;
+    let list = origin.addr.to_string();
+    let mut b = Balancer::start_on(
+        proxy,
+        &[("STATIC_BACKENDS", list.as_str()), ("WORKER_THREADS", "2")],
+    )
+    .await;
+    for conn in 0..32 {
+        let c = client();
+        for i in 0..3 {
+            let req = hyper::Request::get(b.url("/s"))
+                .body(http_body_util::Full::default())
+                .unwrap();
+            let (resp, _) = send(&c, req).await;
+            assert_eq!(resp.status(), 200, "connection {conn}, request {i}");
+        }
+    }
+    assert_eq!(origin.answered.load(Ordering::SeqCst), 96);
+    let by_shard = [
+        b.metric("balancer_shard_connections_total{shard=\"0\"}")
+            .await,
+        b.metric("balancer_shard_connections_total{shard=\"1\"}")
+            .await,
+    ];
+    assert_eq!(by_shard[0] + by_shard[1], 32.0, "{by_shard:?}");
+    assert_eq!(b.metric("balancer_connections_total").await, 32.0);
+    let serving = by_shard.iter().filter(|n| **n > 0.0).count();
+    assert_eq!(
+        origin.accepted.load(Ordering::SeqCst),
+        serving,
+        "one upstream connection per shard that served ({by_shard:?})"
+    );
+    let addr = b.addr;
+    tokio::time::timeout(Duration::from_secs(10), b.shutdown())
+        .await
+        .expect("every shard stops")
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no shard still listens after shutdown"
+    );
+    by_shard
+}
+
+#[tokio::test]
+async fn per_core_shards_split_the_connections_and_keep_their_own_upstream_connections() {
+    let proxy = balancer::shards::bind_shared("127.0.0.1:0".parse().unwrap()).unwrap();
+    let by_shard = through_two_shards(proxy).await;
+    // SO_REUSEPORT hashes connections over the two sockets: both get some (all 32 on one
+    // would happen once in 2^31 runs).
+    assert!(by_shard.iter().all(|n| *n > 0.0), "{by_shard:?}");
+}
+
+#[tokio::test]
+async fn per_core_shards_share_a_socket_bound_without_reuseport() {
+    let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // Whichever shard calls accept first takes a connection: no split is promised.
+    through_two_shards(proxy).await;
+}

@@ -25,6 +25,11 @@ pub struct Acceptor {
     idle: Duration,
 }
 
+/// A cap of `max_connections` (at least 1) open connections, for [`Acceptor::sharing`].
+pub fn cap(max_connections: usize) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(max_connections.max(1)))
+}
+
 /// One accepted connection; its slot under the cap is held until `permit` is dropped.
 pub struct Accepted {
     pub stream: IdleTimeout<TcpStream>,
@@ -40,10 +45,21 @@ impl Acceptor {
         max_connections: usize,
         idle: Duration,
     ) -> Acceptor {
+        Acceptor::sharing(name, listener, cap(max_connections), idle)
+    }
+
+    /// An acceptor whose connections count against `permits`, a cap (see [`cap`]) that
+    /// other acceptors may share: listeners of one service on several threads.
+    pub fn sharing(
+        name: &'static str,
+        listener: TcpListener,
+        permits: Arc<Semaphore>,
+        idle: Duration,
+    ) -> Acceptor {
         Acceptor {
             name,
             listener,
-            permits: Arc::new(Semaphore::new(max_connections.max(1))),
+            permits,
             idle,
         }
     }

@@ -295,6 +295,12 @@ pub struct Balancer {
 impl Balancer {
     /// Starts with the given variables (on top of port 0, loopback, no agent unless set).
     pub async fn start(vars: &[(&str, &str)]) -> Balancer {
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Balancer::start_on(proxy, vars).await
+    }
+
+    /// [`Balancer::start`] with the proxy listening on `proxy`.
+    pub async fn start_on(proxy: TcpListener, vars: &[(&str, &str)]) -> Balancer {
         let mut map: HashMap<String, String> = HashMap::from([
             ("BIND_ADDRESS".into(), "127.0.0.1".into()),
             ("HOST_PORT_HTTP_BALANCER".into(), "0".into()),
@@ -309,7 +315,6 @@ impl Balancer {
             map.insert(k.to_string(), v.to_string());
         }
         let config = Config::from_lookup(|k| map.get(k).cloned()).expect("valid test config");
-        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (proxy.local_addr().unwrap(), admin.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();

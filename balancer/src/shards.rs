@@ -1,0 +1,235 @@
+//! Per-core serving (`RUNTIME_LAYOUT=per-core`, the default).
+//!
+//! With `N` worker threads the proxy runs as `N` shards: the caller's runtime is shard 0
+//! (it also runs the admin listener, the agent link and the task workers) and every other
+//! shard is a thread with a current-thread runtime of its own. Each shard accepts on its
+//! own listening socket, bound to the same address with `SO_REUSEPORT` so the kernel
+//! spreads new connections over them, and serves its connections start to end: a client
+//! connection, the upstream connections its requests use and the timers that watch them
+//! all belong to one thread's reactor, so no task is handed between threads and no wake-up
+//! crosses a core (the work-stealing runtime paid for both on every request). What the
+//! shards share is read-mostly or atomic: the backend queue, the cache, the metrics and
+//! the connection cap.
+//!
+//! Idle upstream connections are kept per shard ([`PerShard`]): a connection's socket is
+//! registered with the reactor of the shard that opened it.
+//!
+//! When a listener cannot be bound again (one bound without `SO_REUSEPORT`, as tests do)
+//! the shards share its file description instead: every shard's reactor hears of a new
+//! connection and the first to call `accept` takes it.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+/// Listen backlog of the sockets bound here (std's own is 128).
+const BACKLOG: u32 = 1024;
+
+thread_local! {
+    /// The shard this thread serves; 0 for every thread not started by [`spawn`].
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Slots a [`PerShard`] made from now on has: the most shards any balancer of this process
+/// has asked for.
+static PLANNED: AtomicUsize = AtomicUsize::new(1);
+
+/// The shard of the calling thread.
+pub fn current() -> usize {
+    SHARD.with(Cell::get)
+}
+
+/// The slots a [`PerShard`] made now gets.
+pub fn planned() -> usize {
+    PLANNED.load(Ordering::Relaxed)
+}
+
+/// Makes every [`PerShard`] created from now on hold at least `count` slots.
+pub fn plan(count: usize) {
+    PLANNED.fetch_max(count.max(1), Ordering::Relaxed);
+}
+
+/// One `T` per shard behind its own lock; a thread uses its shard's (a lock nobody else
+/// takes, but for shard 0's, which the admin and task threads share).
+pub struct PerShard<T> {
+    slots: Box<[Mutex<T>]>,
+}
+
+impl<T: Default> Default for PerShard<T> {
+    fn default() -> Self {
+        PerShard::with_slots(planned())
+    }
+}
+
+impl<T: Default> PerShard<T> {
+    pub fn with_slots(n: usize) -> Self {
+        PerShard {
+            slots: (0..n.max(1)).map(|_| Mutex::default()).collect(),
+        }
+    }
+}
+
+impl<T> PerShard<T> {
+    /// The calling thread's slot (shards past the slot count wrap around: still correct,
+    /// only not local).
+    pub fn local(&self) -> MutexGuard<'_, T> {
+        self.slot(current())
+    }
+
+    pub fn slot(&self, shard: usize) -> MutexGuard<'_, T> {
+        self.slots[shard % self.slots.len()]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Binds a listening socket on `addr` that further shards can bind again
+/// (`SO_REUSEADDR` and `SO_REUSEPORT`). Needs a runtime.
+pub fn bind_shared(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// How a further shard listens next to `first`.
+pub enum Sibling {
+    /// Its own socket on the same address (`SO_REUSEPORT`).
+    Own(std::net::TcpListener),
+    /// `first`'s socket, shared.
+    Shared(std::net::TcpListener),
+}
+
+impl Sibling {
+    /// A listener for another shard: its own socket on `first`'s address when `first` was
+    /// bound with [`bind_shared`], otherwise a duplicate of `first`. Needs a runtime.
+    pub fn of(first: &TcpListener) -> io::Result<Sibling> {
+        match bind_shared(first.local_addr()?) {
+            Ok(own) => Ok(Sibling::Own(own.into_std()?)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                let shared = std::net::TcpListener::from(first.as_fd().try_clone_to_owned()?);
+                shared.set_nonblocking(true)?;
+                Ok(Sibling::Shared(shared))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Sibling::Own(_) => "its own socket (SO_REUSEPORT)",
+            Sibling::Shared(_) => "the first shard's socket (bound without SO_REUSEPORT)",
+        }
+    }
+
+    /// The listener, registered with the calling thread's runtime.
+    pub fn into_tokio(self) -> io::Result<TcpListener> {
+        let (Sibling::Own(l) | Sibling::Shared(l)) = self;
+        TcpListener::from_std(l)
+    }
+}
+
+/// A shard's thread.
+pub struct ShardThread {
+    pub handle: Handle,
+    done: oneshot::Receiver<()>,
+}
+
+impl ShardThread {
+    /// Completes when the shard's work has returned and its runtime has been shut down
+    /// (its remaining tasks dropped).
+    pub async fn finished(self) {
+        // An error means the thread ended without saying so (a panic): finished as well.
+        let _ = self.done.await;
+    }
+}
+
+/// Starts shard `index` (at least 1): a thread named `shard-{index}` running `work` on a
+/// current-thread runtime of its own.
+pub fn spawn<F, Fut>(index: usize, work: F) -> io::Result<ShardThread>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = runtime.handle().clone();
+    let (tx, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("shard-{index}"))
+        .spawn(move || {
+            SHARD.with(|s| s.set(index));
+            runtime.block_on(work());
+            drop(runtime);
+            let _ = tx.send(());
+        })?;
+    Ok(ShardThread { handle, done })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_uses_its_shards_slot() {
+        let slots: std::sync::Arc<PerShard<Vec<usize>>> =
+            std::sync::Arc::new(PerShard::with_slots(3));
+        slots.local().push(current());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for i in 1..=3 {
+                let slots = slots.clone();
+                let t = spawn(i, move || async move {
+                    slots.local().push(current());
+                })
+                .unwrap();
+                t.finished().await;
+            }
+        });
+        // Shard 3 wraps onto slot 0.
+        assert_eq!(*slots.slot(0), [0, 3]);
+        assert_eq!(*slots.slot(1), [1]);
+        assert_eq!(*slots.slot(2), [2]);
+    }
+
+    #[tokio::test]
+    async fn siblings_bind_again_or_share() {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let shared = bind_shared(loopback).unwrap();
+        let sibling = Sibling::of(&shared).unwrap();
+        assert!(matches!(sibling, Sibling::Own(_)), "{}", sibling.describe());
+        let own = sibling.into_tokio().unwrap();
+        assert_eq!(own.local_addr().unwrap(), shared.local_addr().unwrap());
+
+        let plain = TcpListener::bind(loopback).await.unwrap();
+        let sibling = Sibling::of(&plain).unwrap();
+        assert!(
+            matches!(sibling, Sibling::Shared(_)),
+            "{}",
+            sibling.describe()
+        );
+        let dup = sibling.into_tokio().unwrap();
+        let addr = plain.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The connection waits in the one queue both descriptors accept from.
+        let (_, peer) = dup.accept().await.unwrap();
+        assert_eq!(peer.ip(), addr.ip());
+    }
+}
