@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use balancer::config::{Config, RuntimeLayout};
-use log::{error, info};
+use log::{error, info, warn};
 use protocol::process::{self, EXIT_UNAVAILABLE};
 
 fn main() -> ExitCode {
@@ -24,6 +24,13 @@ fn main() -> ExitCode {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
     config.worker_threads = Some(threads);
+    #[cfg(feature = "mimalloc")]
+    if balancer::memory::huge_pages_off(threads, std::env::var_os("MIMALLOC_ALLOW_THP").is_some()) {
+        match balancer::memory::disable_huge_pages() {
+            Ok(()) => info!("transparent huge pages off ({threads} worker threads; MIMALLOC_ALLOW_THP=1 turns them on)"),
+            Err(e) => warn!("cannot turn transparent huge pages off: {e}"),
+        }
+    }
     let per_core = config.runtime_layout == RuntimeLayout::PerCore && threads > 1;
     // One thread, or one runtime per thread (`balancer::run` starts the others): the
     // current-thread scheduler skips the work-stealing machinery.
