@@ -11,6 +11,7 @@ use protocol::prom::{Kind, PromText};
 use crate::backends::Backends;
 use crate::cache::Cache;
 use crate::histogram::PromHistogram;
+use crate::shards::PerShard;
 
 /// One per-backend series: name, type, help, and how to read the value.
 type BackendSeries = (
@@ -53,10 +54,9 @@ pub struct Metrics {
     local_status: [AtomicU64; 5],
     pub latency: PromHistogram,
     pub connections_active: AtomicU64,
-    pub connections_total: AtomicU64,
-    /// Accepted client connections by proxy shard ([`crate::shards`]); slots as planned
-    /// when the metrics were made.
-    shard_connections: Box<[AtomicU64]>,
+    /// Accepted client connections by proxy shard ([`crate::shards`]; their sum is
+    /// `balancer_connections_total`); slots as planned when the metrics were made.
+    shard_connections: PerShard<AtomicU64>,
     pub retries: AtomicU64,
     pub retries_refused: AtomicU64,
     pub upgrades: AtomicU64,
@@ -80,9 +80,9 @@ pub struct Metrics {
 impl Metrics {
     /// One more client connection accepted (by the calling thread's shard).
     pub fn count_connection(&self) {
-        self.connections_total.fetch_add(1, Ordering::Relaxed);
-        let slots = &self.shard_connections;
-        slots[crate::shards::current() % slots.len()].fetch_add(1, Ordering::Relaxed);
+        self.shard_connections
+            .local()
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -93,10 +93,7 @@ impl Default for Metrics {
             local_status: Default::default(),
             latency: PromHistogram::default(),
             connections_active: AtomicU64::default(),
-            connections_total: AtomicU64::default(),
-            shard_connections: (0..crate::shards::planned())
-                .map(|_| AtomicU64::default())
-                .collect(),
+            shard_connections: PerShard::default(),
             retries: AtomicU64::default(),
             retries_refused: AtomicU64::default(),
             upgrades: AtomicU64::default(),
@@ -309,7 +306,7 @@ impl Metrics {
                 "balancer_connections_total",
                 Kind::Counter,
                 "Accepted client connections.",
-                get(&self.connections_total),
+                self.shard_connections.iter().map(get).sum(),
             ),
             (
                 "balancer_retries_total",

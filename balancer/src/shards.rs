@@ -24,7 +24,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Handle;
@@ -57,10 +56,9 @@ pub fn plan(count: usize) {
     PLANNED.fetch_max(count.max(1), Ordering::Relaxed);
 }
 
-/// One `T` per shard behind its own lock; a thread uses its shard's (a lock nobody else
-/// takes, but for shard 0's, which the admin and task threads share).
+/// One `T` per shard (a counter, a locked pool); a thread uses its shard's.
 pub struct PerShard<T> {
-    slots: Box<[Mutex<T>]>,
+    slots: Box<[T]>,
 }
 
 impl<T: Default> Default for PerShard<T> {
@@ -72,7 +70,7 @@ impl<T: Default> Default for PerShard<T> {
 impl<T: Default> PerShard<T> {
     pub fn with_slots(n: usize) -> Self {
         PerShard {
-            slots: (0..n.max(1)).map(|_| Mutex::default()).collect(),
+            slots: (0..n.max(1)).map(|_| T::default()).collect(),
         }
     }
 }
@@ -80,14 +78,17 @@ impl<T: Default> PerShard<T> {
 impl<T> PerShard<T> {
     /// The calling thread's slot (shards past the slot count wrap around: still correct,
     /// only not local).
-    pub fn local(&self) -> MutexGuard<'_, T> {
+    pub fn local(&self) -> &T {
         self.slot(current())
     }
 
-    pub fn slot(&self, shard: usize) -> MutexGuard<'_, T> {
-        self.slots[shard % self.slots.len()]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    pub fn slot(&self, shard: usize) -> &T {
+        &self.slots[shard % self.slots.len()]
+    }
+
+    /// Every slot, in shard order.
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.slots.iter()
     }
 }
 
@@ -186,9 +187,9 @@ mod tests {
 
     #[test]
     fn a_thread_uses_its_shards_slot() {
-        let slots: std::sync::Arc<PerShard<Vec<usize>>> =
+        let slots: std::sync::Arc<PerShard<std::sync::Mutex<Vec<usize>>>> =
             std::sync::Arc::new(PerShard::with_slots(3));
-        slots.local().push(current());
+        slots.local().lock().unwrap().push(current());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -197,16 +198,15 @@ mod tests {
             for i in 1..=3 {
                 let slots = slots.clone();
                 let t = spawn(i, move || async move {
-                    slots.local().push(current());
+                    slots.local().lock().unwrap().push(current());
                 })
                 .unwrap();
                 t.finished().await;
             }
         });
         // Shard 3 wraps onto slot 0.
-        assert_eq!(*slots.slot(0), [0, 3]);
-        assert_eq!(*slots.slot(1), [1]);
-        assert_eq!(*slots.slot(2), [2]);
+        let seen: Vec<Vec<usize>> = slots.iter().map(|s| s.lock().unwrap().clone()).collect();
+        assert_eq!(seen, [vec![0, 3], vec![1], vec![2]]);
     }
 
     #[tokio::test]

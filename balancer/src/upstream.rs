@@ -35,7 +35,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -243,8 +243,8 @@ impl Drop for OwnConn {
 /// reused by the shard that opened it, whose reactor its socket is registered with.
 #[derive(Default)]
 pub struct ConnPool {
-    idle: PerShard<Vec<Idle>>,
-    own: PerShard<Vec<OwnConn>>,
+    idle: PerShard<Mutex<Vec<Idle>>>,
+    own: PerShard<Mutex<Vec<OwnConn>>>,
 }
 
 /// Whether a request with `body` and `headers` goes through the balancer's own client: its
@@ -253,11 +253,15 @@ pub fn goes_own(body: &RequestBody, headers: &HeaderMap) -> bool {
     body.in_memory().is_some() && !headers.contains_key(header::UPGRADE)
 }
 
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl ConnPool {
     /// The most recently used own connection that is still open and silent, at `now`.
     fn checkout_own(&self, now: Instant) -> Option<OwnConn> {
         loop {
-            let mut conn = self.own.local().pop()?;
+            let mut conn = locked(self.own.local()).pop()?;
             if now.saturating_duration_since(conn.since) > IDLE_EXPIRY {
                 continue;
             }
@@ -281,7 +285,7 @@ impl ConnPool {
     }
 
     fn put_own(&self, conn: OwnConn) {
-        let mut idle = self.own.local();
+        let mut idle = locked(self.own.local());
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
@@ -290,7 +294,7 @@ impl ConnPool {
     /// The most recently used live connection, ready for a request.
     async fn checkout(&self) -> Option<Sender> {
         loop {
-            let Idle { mut sender, since } = self.idle.local().pop()?;
+            let Idle { mut sender, since } = locked(self.idle.local()).pop()?;
             if since.elapsed() > IDLE_EXPIRY {
                 continue;
             }
@@ -308,7 +312,7 @@ impl ConnPool {
         if sender.send.is_closed() {
             return;
         }
-        let mut idle = self.idle.local();
+        let mut idle = locked(self.idle.local());
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 sender,
