@@ -143,7 +143,7 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
 }
 
 /// Whether the comma-separated list `value` holds `token` (case-insensitive).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|b| *b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
@@ -205,7 +205,7 @@ pub fn encode_request<B>(
 }
 
 /// Appends `n` in decimal.
-fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {

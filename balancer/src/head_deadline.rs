@@ -51,6 +51,12 @@ impl Gate {
         Exchange(Arc::clone(self))
     }
 
+    /// True while no request of the connection is in flight (between responses, or before
+    /// its first complete head).
+    pub fn idle(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & BUSY_MASK == 0
+    }
+
     /// No head deadline for this connection from now on.
     pub fn turn_off(&self) {
         self.state.fetch_or(OFF, Ordering::Relaxed);

@@ -35,6 +35,7 @@ pub mod cache;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod front;
 pub mod h1;
 pub mod head_deadline;
 pub mod headers;

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use log::{debug, info, warn};
 use tokio::sync::watch;
@@ -30,7 +29,7 @@ use crate::dispatch::{error_chain, Dispatcher, Outgoing, SendError};
 use crate::error::ProxyError;
 use crate::headers::{is_upgrade, strip_hop_by_hop};
 use crate::metrics::{Metrics, Source};
-use crate::request_body::{client_fault, ClientFault, RequestBody};
+use crate::request_body::{client_fault, ClientBody, ClientFault, RequestBody};
 use crate::strict;
 use crate::tasks::Tasks;
 use crate::upstream::UpstreamBody;
@@ -87,7 +86,7 @@ impl Proxy {
     /// around it to hold the proxy, which would copy the whole future once more).
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         client: SocketAddr,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
@@ -122,7 +121,7 @@ impl Proxy {
 
     async fn route(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         client: SocketAddr,
     ) -> (Response<ResponseBody>, Source) {
         let declared = req

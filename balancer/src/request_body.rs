@@ -65,6 +65,43 @@ impl ClientFault {
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The client's request body as a listener hands it over: hyper's, or none at all (a
+/// request the own HTTP/1.1 front end served, which takes only requests without a body;
+/// see [`crate::front`]).
+pub enum ClientBody {
+    Hyper(Incoming),
+    Empty,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// A request body on its way upstream.
 pub struct RequestBody {
     kind: RequestKind,
@@ -95,10 +132,11 @@ struct Stream {
 
 impl RequestBody {
     /// Wraps the client's body, cut at `limit` bytes; fails after `idle` without bytes.
-    pub fn new(body: Incoming, limit: u64, idle: Duration) -> RequestBody {
-        if body.is_end_stream() {
-            return RequestBody::empty();
-        }
+    pub fn new(body: ClientBody, limit: u64, idle: Duration) -> RequestBody {
+        let body = match body {
+            ClientBody::Hyper(body) if !body.is_end_stream() => body,
+            _ => return RequestBody::empty(),
+        };
         RequestBody {
             hint: body.size_hint(),
             kind: RequestKind::Streaming(Box::new(Stream {

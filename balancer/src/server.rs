@@ -1,10 +1,11 @@
-//! Listeners: HTTP/1.1 and h2c over the shared accept loop ([`protocol::net`]: connection
-//! cap, idle timeout), request-head limits, graceful shutdown.
+//! Listeners: HTTP/1.1 (the own front end, [`crate::front`], then hyper's server) and h2c over
+//! the shared accept loop ([`protocol::net`]: connection cap, idle timeout), request-head
+//! limits, graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,17 +17,18 @@ use hyper::service::service_fn;
 use hyper::{Request, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use log::{debug, info, warn};
-use protocol::net::{Accepted, Acceptor};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use protocol::net::{Accepted, Acceptor, IdleTimeout};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::body::ResponseBody;
 use crate::config::Limits;
+use crate::front::{self, Ended};
 use crate::head_deadline::{Exchange, HeadDeadline};
 use crate::metrics::Metrics;
+use crate::request_body::ClientBody;
 use crate::upstream::BoxError;
 
 /// hyper's HTTP/1 header count limit when none is set.
@@ -69,6 +71,10 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// [`protocol::net::cap`]), shared by the shards of one listener. `counted`: the metrics
 /// whose connection gauges this listener's connections count in (`None` for the admin
 /// listener, so that a scrape does not count itself).
+///
+/// Each connection starts on the own HTTP/1.1 front end ([`crate::front`]) and goes to
+/// hyper's server (HTTP/1.1 or h2c, with upgrades) at the first request the front end does
+/// not serve.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<H, F>(
     name: &'static str,
@@ -80,11 +86,13 @@ pub async fn serve<H, F>(
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<ResponseBody>> + Send + 'static,
 {
-    let builder = builder(&limits);
-    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(builder(&limits));
+    // Shutdown: the flag tells a connection's exchanges, the channel wakes idle connections.
+    let draining = Arc::new(AtomicBool::new(false));
+    let (drain_tx, drain_rx) = watch::channel(());
     let acceptor = Acceptor::sharing(name, listener, cap, limits.idle_timeout);
     // Every connection's task, so those still open after the grace period can be closed
     // (aborted) instead of outliving the server. Finished ones are reaped as new ones come.
@@ -108,9 +116,88 @@ pub async fn serve<H, F>(
             metrics: counted.clone(),
             _permit: permit,
         };
-        let io = TokioIo::new(stream);
-        let handler = handler.clone();
-        let (mut head_deadline, gate) = HeadDeadline::new(limits.header_read_timeout);
+        let conn = Connection {
+            name,
+            peer,
+            limits: limits.clone(),
+            builder: builder.clone(),
+            drain: drain_rx.clone(),
+            draining: draining.clone(),
+        };
+        connections.spawn(conn.run(stream, handler.clone(), open));
+    }
+    drop(acceptor);
+    info!("{name}: stopped accepting; waiting up to {grace:?} for open requests");
+    draining.store(true, Ordering::Relaxed);
+    drain_tx.send_replace(());
+    let all_closed = async { while connections.join_next().await.is_some() {} };
+    tokio::select! {
+        _ = all_closed => info!("{name}: all connections closed"),
+        _ = tokio::time::sleep(grace) => warn!("{name}: grace period over; closing remaining connections"),
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}
+
+/// One accepted connection, served by its own task ([`Connection::run`]).
+struct Connection {
+    name: &'static str,
+    peer: SocketAddr,
+    limits: Limits,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Changes once, when the server shuts down.
+    drain: watch::Receiver<()>,
+    /// Set before `drain` changes.
+    draining: Arc<AtomicBool>,
+}
+
+impl Connection {
+    async fn run<H, F>(mut self, stream: IdleTimeout<TcpStream>, handler: H, open: OpenConnection)
+    where
+        H: Fn(Request<ClientBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = hyper::Response<ResponseBody>> + Send + 'static,
+    {
+        let _open = open;
+        let (name, peer, head_timeout) = (self.name, self.peer, self.limits.header_read_timeout);
+        let (mut head_deadline, gate) = HeadDeadline::new(head_timeout);
+        let expired = || format!("no complete request head within {head_timeout:?}; closing");
+        let front_limits = front::Limits {
+            max_head_bytes: self.limits.max_header_bytes.max(8192),
+            max_headers: self.limits.max_headers,
+        };
+        let mut drained = std::pin::pin!(self.drain.changed());
+        let mut drain_seen = false;
+        let ended = {
+            let own = front::serve(stream, peer, &handler, &gate, front_limits, &self.draining);
+            let mut own = std::pin::pin!(own);
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(ended) = own.as_mut().poll(cx) {
+                    return Poll::Ready(ended);
+                }
+                // Polled after the connection, where its responses end (the clock restarts).
+                if head_deadline.poll_expired(cx).is_ready() {
+                    return Poll::Ready(Ended::Closed(Some(expired())));
+                }
+                if !drain_seen && drained.as_mut().poll(cx).is_ready() {
+                    drain_seen = true;
+                    // Between requests: close now. Otherwise after the current response.
+                    if gate.idle() {
+                        return Poll::Ready(Ended::Closed(None));
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        let io = match ended {
+            Ended::HandOff(io) => io,
+            Ended::Closed(why) => {
+                if let Some(why) = why {
+                    debug!("{name}: connection from {peer} ended: {why}");
+                }
+                return;
+            }
+        };
         let service = service_fn(move |req: Request<Incoming>| {
             // A complete head: the head clock stops until the response has been sent.
             let exchange = gate.begin();
@@ -120,7 +207,7 @@ pub async fn serve<H, F>(
             }
             // Boxed once here: hyper moves the service future into its own storage, and
             // the proxy's future is a few KiB (copying it cost ~3 % of the CPU per request).
-            let fut = Box::pin(handler(req, peer));
+            let fut = Box::pin(handler(req.map(ClientBody::Hyper), peer));
             // After an upgrade (101) hyper hands the socket to the tunnel: no head deadline
             // reaches it.
             async move {
@@ -130,40 +217,33 @@ pub async fn serve<H, F>(
                 }))
             }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(io, service)
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
-        let conn = graceful.watch(conn);
-        let head_timeout = limits.header_read_timeout;
-        connections.spawn(async move {
-            let _open = open;
-            let mut conn = std::pin::pin!(conn);
-            let ended = std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = conn.as_mut().poll(cx) {
-                    return Poll::Ready(r.err().map(|e| e.to_string()));
-                }
-                // Polled after the connection, where its responses end (the clock restarts).
-                if head_deadline.poll_expired(cx).is_ready() {
-                    return Poll::Ready(Some(format!(
-                        "no complete request head within {head_timeout:?}; closing"
-                    )));
-                }
-                Poll::Pending
-            })
-            .await;
-            if let Some(why) = ended {
-                debug!("{name}: connection from {peer} ended: {why}");
+        let mut conn = std::pin::pin!(conn);
+        let mut told = false;
+        let ended = std::future::poll_fn(|cx| loop {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(r.err().map(|e| e.to_string()));
             }
-        });
+            if head_deadline.poll_expired(cx).is_ready() {
+                return Poll::Ready(Some(expired()));
+            }
+            // Seen by the front end already, or now: hyper finishes the current
+            // exchanges and closes.
+            if !told && (drain_seen || drained.as_mut().poll(cx).is_ready()) {
+                (told, drain_seen) = (true, true);
+                conn.as_mut().graceful_shutdown();
+                continue;
+            }
+            return Poll::Pending;
+        })
+        .await;
+        if let Some(why) = ended {
+            debug!("{name}: connection from {peer} ended: {why}");
+        }
     }
-    drop(acceptor);
-    info!("{name}: stopped accepting; waiting up to {grace:?} for open requests");
-    tokio::select! {
-        _ = graceful.shutdown() => info!("{name}: all connections closed"),
-        _ = tokio::time::sleep(grace) => warn!("{name}: grace period over; closing remaining connections"),
-    }
-    connections.abort_all();
-    while connections.join_next().await.is_some() {}
 }
 
 /// A response body that holds its request's [`Exchange`] until hyper drops it, which it does

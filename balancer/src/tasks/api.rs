@@ -24,7 +24,6 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde_json::json;
 
 use super::envelope::{self, check_callback, invalid, Invalid};
@@ -39,6 +38,7 @@ use crate::body::ResponseBody;
 use crate::dispatch::Outgoing;
 use crate::error::json_response;
 use crate::headers::{add_forwarded, strip_hop_by_hop};
+use crate::request_body::ClientBody;
 
 /// `Retry-After` on 503 while Redis is unavailable, and on 202 for a task due now.
 const RETRY_AFTER_SECS: u64 = 1;
@@ -172,7 +172,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Invalid> {
 }
 
 /// Reads a whole body of at most `limit` bytes.
-async fn read_body(body: Incoming, headers: &HeaderMap, limit: u64) -> Result<Bytes, ApiError> {
+async fn read_body(body: ClientBody, headers: &HeaderMap, limit: u64) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -199,7 +199,7 @@ impl Tasks {
     /// Answers a request [`Tasks::claims`]: a submission or a task API call.
     pub async fn handle(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         client: SocketAddr,
     ) -> Response<ResponseBody> {
         let prefix = self.cfg.path_prefix.as_str();
@@ -226,7 +226,7 @@ impl Tasks {
 
     async fn route(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         client: SocketAddr,
         rest: &str,
     ) -> Result<Response<ResponseBody>, ApiError> {
@@ -256,7 +256,7 @@ impl Tasks {
     /// `Prefer: respond-async` on an ordinary request.
     async fn submit_request(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         client: SocketAddr,
     ) -> Result<Response<ResponseBody>, ApiError> {
         self.store()?;
@@ -308,7 +308,7 @@ impl Tasks {
     /// `POST /_tasks` with a JSON envelope.
     async fn submit_envelope(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         client: SocketAddr,
     ) -> Result<Response<ResponseBody>, ApiError> {
         self.store()?;
