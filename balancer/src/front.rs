@@ -74,7 +74,7 @@ pub enum Ended<S> {
 
 /// Why a head is not served here (yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NotServed {
+pub enum NotServed {
     Partial,
     /// Not one this front end serves (see the module docs).
     NotOurs,
@@ -181,9 +181,10 @@ fn poll_client<S: AsyncRead + Unpin>(
     Poll::Pending
 }
 
-/// Parses the head at the start of `buf`; a complete one that this front end serves is
-/// taken off `buf`.
-fn parse(buf: &mut BytesMut, limits: Limits) -> Result<(Request<ClientBody>, bool), NotServed> {
+/// Parses the head at the start of `buf`: the request and whether it asks to close the
+/// connection. A complete one that this front end serves is taken off `buf`; otherwise
+/// `buf` is left as it was.
+pub fn parse(buf: &mut BytesMut, limits: Limits) -> Result<(Request<ClientBody>, bool), NotServed> {
     // All of it, frozen (no copy): the request's target and field values are slices of it.
     let all = buf.split().freeze();
     match parse_head(&all, limits) {
@@ -259,7 +260,7 @@ fn parse_head(
 
 /// How a response's body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub enum Framing {
     /// No body (HEAD, 1xx, 204, 304): whatever the body holds is not sent.
     None,
     Length(u64),
@@ -268,7 +269,7 @@ enum Framing {
 
 /// Writes the response head into `out` as hyper's server encodes it for an HTTP/1.1
 /// request; returns the body's framing and whether the connection closes after it.
-fn encode_head(
+pub fn encode_head(
     parts: &http::response::Parts,
     body: &ResponseBody,
     head_only: bool,
