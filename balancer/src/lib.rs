@@ -20,6 +20,9 @@
 //!   transfer codings, header count); pure.
 //! - [`cache`]: caching policy (pure) and the moka store.
 //! - [`server`]: accept loops, connection limits, idle timeout, graceful shutdown.
+//! - [`front`]: the own HTTP/1.1 front end for bodiless requests; a connection goes on to
+//!   hyper's server (HTTP/1.1 with bodies and upgrades, h2c) at the first request it does not
+//!   take.
 //! - [`shards`]: one current-thread runtime per worker thread for the proxy listener
 //!   (`RUNTIME_LAYOUT=per-core`), each with its own socket and upstream connections.
 //! - [`admin`], [`metrics`], [`histogram`]: `/health`, `/metrics`, `/queue`.
