@@ -254,3 +254,28 @@ async fn shutdown_closes_idle_connections_and_finishes_the_current_exchange() {
         .expect("shutdown did not finish")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_after_idle_timeout() {
+    let origin = Origin::start(handler(|_req| async { text(200, vec![b'x'; 8 << 20]) })).await;
+    let b = Balancer::over(&[&origin], &[("IDLE_TIMEOUT", "1s")]).await;
+    let mut c = RawConn::connect(b.addr).await;
+    c.send(b"GET /big HTTP/1.1\r\nhost: b\r\n\r\n").await.unwrap();
+    // Nothing read: the balancer's write waits on full socket buffers, which is idleness.
+    // The connection is gone on the balancer's side without the client reading a byte.
+    assert!(
+        eventually(Duration::from_secs(4), || async {
+            b.metric("balancer_connections_active").await == 0.0
+        })
+        .await,
+        "a client that stopped reading kept its connection"
+    );
+    assert!(c.closed_within(Duration::from_secs(3)).await.is_some());
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            b.backend(origin.addr).await["in_flight"] == 0
+        })
+        .await,
+        "the backend's in-flight count stayed up"
+    );
+}

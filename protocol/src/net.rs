@@ -161,6 +161,28 @@ impl<S> IdleTimeout<S> {
     }
 }
 
+impl<S> IdleTimeout<S> {
+    /// After a write: activity if it went through; if the peer is not taking bytes, the
+    /// idle check (a client that stops reading is idle too, whether or not anyone is
+    /// reading from it at the same time).
+    fn written(
+        &mut self,
+        r: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Pending => match self.check(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            },
+            ready => {
+                self.last = Instant::now();
+                ready
+            }
+        }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -189,10 +211,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if r.is_ready() {
-            this.last = Instant::now();
-        }
-        r
+        this.written(r, cx)
     }
 
     fn poll_write_vectored(
@@ -202,10 +221,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if r.is_ready() {
-            this.last = Instant::now();
-        }
-        r
+        this.written(r, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -285,6 +301,32 @@ mod tests {
             idle >= Duration::from_millis(290),
             "closed after {idle:?} of idleness"
         );
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_times_out_a_blocked_write() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = Acceptor::new("test", listener, 4, Duration::from_millis(300));
+        let never = std::future::pending::<()>();
+        let mut never = std::pin::pin!(never);
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let mut server = acceptor.next(never.as_mut()).await.unwrap().stream;
+        // Nobody reads on either side: the socket buffers fill, the write waits, and the
+        // idle timeout ends it (instead of leaving it waiting for ever).
+        let chunk = vec![0u8; 64 * 1024];
+        let start = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Err(e) = server.write_all(&chunk).await {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the blocked write never timed out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(start.elapsed() >= Duration::from_millis(290));
     }
 
     #[tokio::test]
