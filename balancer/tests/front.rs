@@ -260,7 +260,9 @@ async fn a_client_that_stops_reading_is_closed_after_idle_timeout() {
     let origin = Origin::start(handler(|_req| async { text(200, vec![b'x'; 8 << 20]) })).await;
     let b = Balancer::over(&[&origin], &[("IDLE_TIMEOUT", "1s")]).await;
     let mut c = RawConn::connect(b.addr).await;
-    c.send(b"GET /big HTTP/1.1\r\nhost: b\r\n\r\n").await.unwrap();
+    c.send(b"GET /big HTTP/1.1\r\nhost: b\r\n\r\n")
+        .await
+        .unwrap();
     // Nothing read: the balancer's write waits on full socket buffers, which is idleness.
     // The connection is gone on the balancer's side without the client reading a byte.
     assert!(

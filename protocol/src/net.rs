@@ -276,15 +276,21 @@ mod tests {
         assert!(acceptor.next(done).await.is_none());
     }
 
-    #[tokio::test]
-    async fn an_idle_stream_fails_and_an_active_one_lives() {
+    /// A connected client and the accepted server side, with a 300 ms idle timeout.
+    async fn idle_pair() -> (TcpStream, IdleTimeout<TcpStream>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor = Acceptor::new("test", listener, 4, Duration::from_millis(300));
         let never = std::future::pending::<()>();
         let mut never = std::pin::pin!(never);
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        let mut server = acceptor.next(never.as_mut()).await.unwrap().stream;
+        let client = TcpStream::connect(addr).await.unwrap();
+        let server = acceptor.next(never.as_mut()).await.unwrap().stream;
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn an_idle_stream_fails_and_an_active_one_lives() {
+        let (mut client, mut server) = idle_pair().await;
         // Activity every 100 ms keeps it open past the timeout.
         let mut buf = [0u8; 1];
         let mut last_activity = Instant::now();
@@ -305,13 +311,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_stops_reading_times_out_a_blocked_write() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let acceptor = Acceptor::new("test", listener, 4, Duration::from_millis(300));
-        let never = std::future::pending::<()>();
-        let mut never = std::pin::pin!(never);
-        let _client = TcpStream::connect(addr).await.unwrap();
-        let mut server = acceptor.next(never.as_mut()).await.unwrap().stream;
+        let (_client, mut server) = idle_pair().await;
         // Nobody reads on either side: the socket buffers fill, the write waits, and the
         // idle timeout ends it (instead of leaving it waiting for ever).
         let chunk = vec![0u8; 64 * 1024];
@@ -331,13 +331,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_timeout_wakes_whichever_task_reads_now() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let acceptor = Acceptor::new("test", listener, 4, Duration::from_millis(300));
-        let never = std::future::pending::<()>();
-        let mut never = std::pin::pin!(never);
-        let _client = TcpStream::connect(addr).await.unwrap();
-        let mut server = acceptor.next(never.as_mut()).await.unwrap().stream;
+        let (_client, mut server) = idle_pair().await;
         // This task waits for a read (the timer is armed with its waker), then gives up ...
         let mut buf = [0u8; 1];
         let waited = tokio::time::timeout(Duration::from_millis(50), server.read(&mut buf)).await;
