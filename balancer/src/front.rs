@@ -404,11 +404,7 @@ async fn write_body<S: AsyncRead + AsyncWrite + Unpin>(
     framing: Framing,
 ) -> Result<(), String> {
     let mut left = match framing {
-        Framing::None => {
-            return write_all(io, &mut [IoSlice::new(out)])
-                .await
-                .map_err(|e| e.to_string())
-        }
+        Framing::None => return write_all(io, &mut [IoSlice::new(out)]).await,
         Framing::Length(n) => Some(n),
         Framing::Chunked => None,
     };
@@ -432,9 +428,7 @@ async fn write_body<S: AsyncRead + AsyncWrite + Unpin>(
             match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
-                    write_all(io, &mut [IoSlice::new(out)])
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    write_all(io, &mut [IoSlice::new(out)]).await?;
                     head_sent = true;
                     continue;
                 }
@@ -446,9 +440,7 @@ async fn write_body<S: AsyncRead + AsyncWrite + Unpin>(
                 return match left {
                     Some(0) | None => {
                         let end: &[u8] = if left.is_none() { b"0\r\n\r\n" } else { b"" };
-                        write_all(io, &mut [IoSlice::new(head), IoSlice::new(end)])
-                            .await
-                            .map_err(|e| e.to_string())
+                        write_all(io, &mut [IoSlice::new(head), IoSlice::new(end)]).await
                     }
                     Some(n) => Err(format!("the response body ended {n} bytes short")),
                 };
@@ -480,8 +472,7 @@ async fn write_body<S: AsyncRead + AsyncWrite + Unpin>(
                 IoSlice::new(suffix),
             ],
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         head_sent = true;
     }
 }
@@ -501,14 +492,19 @@ fn chunk_size_line(mut len: usize, line: &mut [u8; 18]) -> &[u8] {
     &line[at..]
 }
 
-/// Writes every slice, in as few system calls as the socket allows.
-async fn write_all<S: AsyncWrite + Unpin>(io: &mut S, bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+/// Writes every slice, in as few system calls as the socket allows; `Err`: why it failed.
+async fn write_all<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    bufs: &mut [IoSlice<'_>],
+) -> Result<(), String> {
     let mut bufs = bufs;
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
-        let n = poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, bufs)).await?;
+        let n = poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, bufs))
+            .await
+            .map_err(|e| e.to_string())?;
         if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+            return Err(io::Error::from(io::ErrorKind::WriteZero).to_string());
         }
         IoSlice::advance_slices(&mut bufs, n);
     }

@@ -34,13 +34,19 @@ use crate::upstream::BoxError;
 /// hyper's HTTP/1 header count limit when none is set.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
+/// hyper's HTTP/1 read buffer limit (`max_buf_size`), which is also the longest head the own
+/// front end reads before it hands the connection to hyper (whose answer is then its 431).
+fn h1_head_bytes(limits: &Limits) -> usize {
+    limits.max_header_bytes.max(8192)
+}
+
 /// Builds the connection builder with the configured protections.
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     // No timer for HTTP/1: the head deadline is the connection task's own (`head_deadline`).
     b.http1()
         .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_buf_size(h1_head_bytes(limits))
         .keep_alive(true);
     // Only when it differs from hyper's own default (100): a configured count makes hyper
     // initialise its header arrays element by element on every request.
@@ -90,6 +96,10 @@ pub async fn serve<H, F>(
     F: Future<Output = hyper::Response<ResponseBody>> + Send + 'static,
 {
     let builder = Arc::new(builder(&limits));
+    let front_limits = front::Limits {
+        max_head_bytes: h1_head_bytes(&limits),
+        max_headers: limits.max_headers,
+    };
     // Shutdown: the flag tells a connection's exchanges, the channel wakes idle connections.
     let draining = Arc::new(AtomicBool::new(false));
     let (drain_tx, drain_rx) = watch::channel(());
@@ -119,7 +129,8 @@ pub async fn serve<H, F>(
         let conn = Connection {
             name,
             peer,
-            limits: limits.clone(),
+            head_timeout: limits.header_read_timeout,
+            front_limits,
             builder: builder.clone(),
             drain: drain_rx.clone(),
             draining: draining.clone(),
@@ -143,7 +154,8 @@ pub async fn serve<H, F>(
 struct Connection {
     name: &'static str,
     peer: SocketAddr,
-    limits: Limits,
+    head_timeout: Duration,
+    front_limits: front::Limits,
     builder: Arc<auto::Builder<TokioExecutor>>,
     /// Changes once, when the server shuts down.
     drain: watch::Receiver<()>,
@@ -158,17 +170,20 @@ impl Connection {
         F: Future<Output = hyper::Response<ResponseBody>> + Send + 'static,
     {
         let _open = open;
-        let (name, peer, head_timeout) = (self.name, self.peer, self.limits.header_read_timeout);
+        let (name, peer, head_timeout) = (self.name, self.peer, self.head_timeout);
         let (mut head_deadline, gate) = HeadDeadline::new(head_timeout);
         let expired = || format!("no complete request head within {head_timeout:?}; closing");
-        let front_limits = front::Limits {
-            max_head_bytes: self.limits.max_header_bytes.max(8192),
-            max_headers: self.limits.max_headers,
-        };
         let mut drained = std::pin::pin!(self.drain.changed());
         let mut drain_seen = false;
         let ended = {
-            let own = front::serve(stream, peer, &handler, &gate, front_limits, &self.draining);
+            let own = front::serve(
+                stream,
+                peer,
+                &handler,
+                &gate,
+                self.front_limits,
+                &self.draining,
+            );
             let mut own = std::pin::pin!(own);
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(ended) = own.as_mut().poll(cx) {

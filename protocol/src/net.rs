@@ -159,17 +159,11 @@ impl<S> IdleTimeout<S> {
             self.timer.as_mut().reset(deadline);
         }
     }
-}
 
-impl<S> IdleTimeout<S> {
-    /// After a write: activity if it went through; if the peer is not taking bytes, the
-    /// idle check (a client that stops reading is idle too, whether or not anyone is
-    /// reading from it at the same time).
-    fn written(
-        &mut self,
-        r: Poll<io::Result<usize>>,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<usize>> {
+    /// After a read or a write of the inner stream: activity if it went through; if it has
+    /// to wait, the idle check. A write waits when the peer takes no bytes, so a client that
+    /// stops reading is idle too, whether or not anyone is reading from it at the time.
+    fn after_io<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         match r {
             Poll::Pending => match self.check(cx) {
                 Ok(()) => Poll::Pending,
@@ -190,16 +184,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Pending => match this.check(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
-            ready => {
-                this.last = Instant::now();
-                ready
-            }
-        }
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.after_io(r, cx)
     }
 }
 
@@ -211,7 +197,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.written(r, cx)
+        this.after_io(r, cx)
     }
 
     fn poll_write_vectored(
@@ -221,7 +207,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.written(r, cx)
+        this.after_io(r, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
