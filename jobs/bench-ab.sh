@@ -7,7 +7,8 @@
 # CPU $LOAD_CPU, each proxy pinned to CPU $PROXY_CPU (the balancer then runs its
 # current-thread runtime; nginx one worker, upstream keepalive 64). Per round and target:
 # a 2 s warm-up, then a DURATION run of `wrk -t1 -c$CONNS --latency`; CPU per request is
-# the proxy's utime+stime from /proc over the run divided by the requests.
+# the proxy's utime+stime from /proc over the run divided by the requests (also split into
+# user and system time).
 #
 # Usage: jobs/bench-ab.sh NAME=BINARY [NAME=BINARY ...]
 #   e.g. jobs/bench-ab.sh old=/tmp/balancer-old new=target/release/balancer
@@ -115,24 +116,24 @@ EOF
     log "nginx reference on :$port (worker pid ${PID[nginx]})"
 fi
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }  # utime stime
 hz=$(getconf CLK_TCK)
-echo "round,target,conns,req_per_s,p99,cpu_us_per_req,vmhwm_kib" >"$OUT"
+echo "round,target,conns,req_per_s,p99,cpu_us_per_req,usr_us_per_req,sys_us_per_req,vmhwm_kib" >"$OUT"
 for round in $(seq "$ROUNDS"); do
     for conns in $CONNS; do
         for t in "${TARGETS[@]}"; do
             url="http://127.0.0.1:${PORT[$t]}/"
             taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d2s "$url" >/dev/null
-            before=$(cpu_ticks "${PID[$t]}")
+            read -r u0 s0 < <(cpu_ticks "${PID[$t]}")
             out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${DURATION}s" --latency "$url")
-            after=$(cpu_ticks "${PID[$t]}")
+            read -r u1 s1 < <(cpu_ticks "${PID[$t]}")
             n=$(awk '/requests in/ {print $1}' <<<"$out")
             p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
             hwm=$(awk '/VmHWM/ {print $2}' "/proc/${PID[$t]}/status")
-            cpu=$(python3 -c "print(f'{($after - $before) * 1e6 / $hz / $n:.2f}')")
-            echo "$round,$t,$conns,$((n / DURATION)),$p99,$cpu,$hwm" >>"$OUT"
-            printf 'round %s  c%-4s %-10s %7d req/s  p99 %-8s  %6s us CPU/req  VmHWM %s KiB\n' \
-                "$round" "$conns" "$t" "$((n / DURATION))" "$p99" "$cpu" "$hwm"
+            read -r cpu usr sys < <(python3 -c "k = 1e6 / $hz / $n; print(f'{($u1 + $s1 - $u0 - $s0) * k:.2f} {($u1 - $u0) * k:.2f} {($s1 - $s0) * k:.2f}')")
+            echo "$round,$t,$conns,$((n / DURATION)),$p99,$cpu,$usr,$sys,$hwm" >>"$OUT"
+            printf 'round %s  c%-4s %-10s %7d req/s  p99 %-8s  %6s us CPU/req (usr %s sys %s)  VmHWM %s KiB\n' \
+                "$round" "$conns" "$t" "$((n / DURATION))" "$p99" "$cpu" "$usr" "$sys" "$hwm"
         done
     done
 done

@@ -100,6 +100,7 @@ where
 {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(512);
+    let mut slot: Option<Pin<Box<Option<F>>>> = None;
     loop {
         // A complete head.
         let (req, close) = loop {
@@ -122,10 +123,18 @@ where
         };
         let exchange = gate.begin();
         let head_only = req.method() == Method::HEAD;
-        // Boxed: the handler's future is a few KiB, and this one would otherwise hold it.
-        let mut fut = Box::pin(handler(req, peer));
+        // Boxed: the handler's future is a few KiB, and this one would otherwise hold it. The
+        // box is kept for the connection's next requests (an aligned allocation and its free
+        // cost ~450 instructions per request).
+        let fut = match &mut slot {
+            Some(fut) => {
+                fut.set(Some(handler(req, peer)));
+                fut
+            }
+            None => slot.insert(Box::pin(Some(handler(req, peer)))),
+        };
         let resp = poll_fn(|cx| {
-            if let Poll::Ready(resp) = fut.as_mut().poll(cx) {
+            if let Some(Poll::Ready(resp)) = fut.as_mut().as_pin_mut().map(|f| f.poll(cx)) {
                 return Poll::Ready(Some(resp));
             }
             match poll_client(&mut io, &mut buf, limits, cx) {
@@ -134,7 +143,7 @@ where
             }
         })
         .await;
-        drop(fut);
+        fut.set(None);
         let Some(resp) = resp else {
             return Ended::Closed(Some("the client went away during its request".into()));
         };

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use log::{debug, info, warn};
 use tokio::sync::watch;
@@ -25,7 +26,7 @@ use crate::backends::{Backends, InFlight};
 use crate::body::ResponseBody;
 use crate::cache::{Cache, Fetched, X_CACHE};
 use crate::config::Config;
-use crate::dispatch::{error_chain, Dispatcher, Outgoing, SendError};
+use crate::dispatch::{error_chain, Dispatcher, Outgoing, SendError, Sent};
 use crate::error::ProxyError;
 use crate::headers::{is_upgrade, strip_hop_by_hop};
 use crate::metrics::{Metrics, Source};
@@ -33,6 +34,26 @@ use crate::request_body::{client_fault, ClientBody, ClientFault, RequestBody};
 use crate::strict;
 use crate::tasks::Tasks;
 use crate::upstream::UpstreamBody;
+
+/// What [`Proxy::route`] made of a request.
+enum Route {
+    /// Answered here (refused).
+    Answer((Response<ResponseBody>, Source)),
+    /// For the task API.
+    Tasks(Request<ClientBody>, Arc<Tasks>),
+    Upstream(Upstream),
+}
+
+/// A request for a backend, its head prepared.
+struct Upstream {
+    out: Outgoing,
+    /// The client's target (for the cache key).
+    uri: Uri,
+    client: SocketAddr,
+    body: RequestBody,
+    /// The client's side of a protocol switch it asked for.
+    on_client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
 
 pub struct Proxy {
     dispatch: Arc<Dispatcher>,
@@ -84,6 +105,10 @@ impl Proxy {
     /// Serves one client request. Never fails: errors become short JSON answers. Takes the
     /// proxy by `Arc` so that the future is the server's to keep as it is (no async block
     /// around it to hold the proxy, which would copy the whole future once more).
+    ///
+    /// The common request (no body to read first, not cacheable, not for the task API) goes
+    /// from here straight to [`Dispatcher::send`]: each async level in between held its own
+    /// copies of the request and was copied whole into its parent when called.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<ClientBody>,
@@ -91,21 +116,27 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         self.dispatch.deposit();
-        let mut req = req;
-        let (resp, source) = match strict::check(&mut req, self.max_headers) {
-            Err(refusal) => {
-                debug!("refusing {} {}: {refusal}", req.method(), req.uri());
-                self.client_fault(refusal.into())
+        let (resp, source) = match self.route(req, client) {
+            Route::Answer(answer) => answer,
+            // Boxed, like the other rare paths: the task API's future is large, and a
+            // future's size is copied whenever it is stored or moved.
+            Route::Tasks(req, tasks) => (Box::pin(tasks.handle(req, client)).await, Source::Local),
+            Route::Upstream(up) if up.body.in_memory().is_none() => {
+                Box::pin(self.upstream(up)).await
             }
-            // The task API, or a backend. (One async level less than a function for this
-            // choice: every level moves the request in and the response out again.)
-            Ok(()) => match &self.tasks {
-                // Boxed, like the cache path: the task API's future is large, and a future's
-                // size is copied whenever hyper stores or spawns it.
-                Some(tasks) if tasks.claims(&req) => {
-                    (Box::pin(tasks.handle(req, client)).await, Source::Local)
+            Route::Upstream(up) => match self.cache_key(&up) {
+                Some(key) => Box::pin(self.through_cache(key, up)).await,
+                None => {
+                    let Upstream {
+                        out,
+                        body,
+                        on_client_upgrade,
+                        ..
+                    } = up;
+                    let log = (out.method.clone(), out.path.clone());
+                    let sent = self.dispatch.send(out, body, self.request_timeout).await;
+                    self.answer(sent, log, on_client_upgrade)
                 }
-                _ => self.route(req, client).await,
             },
         };
         self.metrics
@@ -119,11 +150,16 @@ impl Proxy {
         (error.response(), Source::Local)
     }
 
-    async fn route(
-        &self,
-        mut req: Request<ClientBody>,
-        client: SocketAddr,
-    ) -> (Response<ResponseBody>, Source) {
+    /// Where a request goes: refused (strictness, a declared body over the limit), to the
+    /// task API, or upstream with its head prepared.
+    fn route(&self, mut req: Request<ClientBody>, client: SocketAddr) -> Route {
+        if let Err(refusal) = strict::check(&mut req, self.max_headers) {
+            debug!("refusing {} {}: {refusal}", req.method(), req.uri());
+            return Route::Answer(self.client_fault(refusal.into()));
+        }
+        if let Some(tasks) = self.tasks.as_ref().filter(|t| t.claims(&req)) {
+            return Route::Tasks(req, tasks.clone());
+        }
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -135,7 +171,7 @@ impl Proxy {
                 req.method(),
                 req.uri()
             );
-            return self.client_fault(ProxyError::BodyTooLarge);
+            return Route::Answer(self.client_fault(ProxyError::BodyTooLarge));
         }
         // `Upgrade: h2c` is not tunnelled: the request goes on as a plain one without it.
         let upgrade = req.version() == Version::HTTP_11
@@ -144,9 +180,30 @@ impl Proxy {
         let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let out = Outgoing::from_client(&mut req, client, upgrade);
         let (parts, body) = req.into_parts();
-        let body = RequestBody::new(body, self.max_body_bytes, self.client_body_timeout);
-        // A small body is read before a backend connection is taken.
-        let body = match body
+        Route::Upstream(Upstream {
+            out,
+            uri: parts.uri,
+            client,
+            body: RequestBody::new(body, self.max_body_bytes, self.client_body_timeout),
+            on_client_upgrade,
+        })
+    }
+
+    /// The cache key of a request whose body is known to be empty, when it may be answered
+    /// from the cache.
+    fn cache_key(&self, up: &Upstream) -> Option<String> {
+        let cache = self.cache.as_ref()?;
+        if up.on_client_upgrade.is_some() || !up.body.is_end_stream_hint() {
+            return None;
+        }
+        cache.policy.key(&up.out.method, &up.uri, &up.out.headers)
+    }
+
+    /// A request whose body streams: a small body is read before a backend connection is
+    /// taken; then on as any other.
+    async fn upstream(&self, mut up: Upstream) -> (Response<ResponseBody>, Source) {
+        up.body = match up
+            .body
             .buffered(self.buffer_body_bytes, self.client_body_timeout)
             .await
         {
@@ -154,32 +211,24 @@ impl Proxy {
             Err(e) => {
                 let fault = client_fault(&*e).unwrap_or(ClientFault::BadBody);
                 debug!(
-                    "{} {}: request body from {client}: {e}",
-                    out.method, out.path
+                    "{} {}: request body from {}: {e}",
+                    up.out.method, up.out.path, up.client
                 );
                 return self.client_fault(fault.into());
             }
         };
-
-        let key = match (&self.cache, upgrade, body.is_end_stream_hint()) {
-            (Some(cache), false, true) => cache.policy.key(&out.method, &parts.uri, &out.headers),
-            _ => None,
-        };
-        let (Some(cache), Some(key)) = (&self.cache, key) else {
-            return self.forward(out, body, on_client_upgrade).await;
-        };
-        // Boxed: the cache path's future is large and rare; keep the common one small.
-        Box::pin(self.through_cache(cache, key, out, body)).await
+        match self.cache_key(&up) {
+            Some(key) => self.through_cache(key, up).await,
+            None => self.forward(up.out, up.body, up.on_client_upgrade).await,
+        }
     }
 
     /// Serves a cacheable GET/HEAD: from the cache, or fetched once and stored.
-    async fn through_cache(
-        &self,
-        cache: &Cache,
-        key: String,
-        out: Outgoing,
-        body: RequestBody,
-    ) -> (Response<ResponseBody>, Source) {
+    async fn through_cache(&self, key: String, up: Upstream) -> (Response<ResponseBody>, Source) {
+        let Upstream { out, body, .. } = up;
+        let Some(cache) = &self.cache else {
+            return self.forward(out, body, None).await;
+        };
         if out.method == Method::HEAD {
             if let Some(entry) = cache.get(&key).await {
                 cache.hits.fetch_add(1, Ordering::Relaxed);
@@ -217,9 +266,21 @@ impl Proxy {
         body: RequestBody,
         on_client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> (Response<ResponseBody>, Source) {
-        // Kept for the log line of a failure; the head itself moves into the request.
-        let (method, path) = (out.method.clone(), out.path.clone());
-        let err = match self.dispatch.send(out, body, self.request_timeout).await {
+        let log = (out.method.clone(), out.path.clone());
+        let sent = self.dispatch.send(out, body, self.request_timeout).await;
+        self.answer(sent, log, on_client_upgrade)
+    }
+
+    /// The client's answer to a send: the backend's response, or the error's. `log`: the
+    /// request's method and path, for the log line of a failure (the head itself moved into
+    /// the request).
+    fn answer(
+        &self,
+        sent: Result<Sent, SendError>,
+        (method, path): (Method, PathAndQuery),
+        on_client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> (Response<ResponseBody>, Source) {
+        let err = match sent {
             Ok(sent) => {
                 let resp = self.respond(sent.resp, sent.in_flight, on_client_upgrade);
                 return (resp, Source::Backend);
