@@ -154,8 +154,10 @@ pub async fn run(
         }
     };
     let cap = protocol::net::cap(config.limits.max_connections);
+    let mut links = server::shard_links(shard_count).into_iter();
+    let first_link = (shard_count > 1).then(|| links.next()).flatten();
     let mut others = Vec::new();
-    for index in 1..shard_count {
+    for (index, link) in (1..shard_count).zip(links) {
         let sibling = match shards::Sibling::of(&proxy_listener) {
             Ok(s) => s,
             Err(e) => {
@@ -185,6 +187,7 @@ pub async fn run(
                             Some(metrics),
                             grace,
                             handler,
+                            Some(link),
                             stopped,
                         )
                         .await;
@@ -216,6 +219,7 @@ pub async fn run(
         Some(metrics.clone()),
         config.shutdown_grace,
         proxy_handler,
+        first_link,
         stopped(stop_rx.clone()),
     );
     let others_finished = async move {
@@ -231,6 +235,7 @@ pub async fn run(
         None,
         ADMIN_GRACE,
         admin_handler,
+        None,
         stopped(stop_rx.clone()),
     );
     let trigger = async move {

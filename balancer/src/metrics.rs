@@ -57,6 +57,11 @@ pub struct Metrics {
     /// Accepted client connections by proxy shard ([`crate::shards`]; their sum is
     /// `balancer_connections_total`); slots as planned when the metrics were made.
     shard_connections: PerShard<AtomicU64>,
+    /// Open client connections by the proxy shard that serves them (moved ones count where
+    /// they went): what [`crate::shards::choose`] evens out.
+    shard_active: PerShard<AtomicU64>,
+    /// Connections accepted by one shard and handed to a less busy one.
+    pub connections_moved: AtomicU64,
     pub retries: AtomicU64,
     pub retries_refused: AtomicU64,
     pub upgrades: AtomicU64,
@@ -84,6 +89,24 @@ impl Metrics {
             .local()
             .fetch_add(1, Ordering::Relaxed);
     }
+
+    /// The open connections each proxy shard serves, by shard.
+    pub fn shard_open(&self) -> Vec<u64> {
+        self.shard_active
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// One more (`opened`) or one fewer open connection served by `shard`.
+    pub fn shard_served(&self, shard: usize, opened: bool) {
+        let slot = self.shard_active.slot(shard);
+        if opened {
+            slot.fetch_add(1, Ordering::Relaxed);
+        } else {
+            slot.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -94,6 +117,8 @@ impl Default for Metrics {
             latency: PromHistogram::default(),
             connections_active: AtomicU64::default(),
             shard_connections: PerShard::default(),
+            shard_active: PerShard::default(),
+            connections_moved: AtomicU64::default(),
             retries: AtomicU64::default(),
             retries_refused: AtomicU64::default(),
             upgrades: AtomicU64::default(),
@@ -238,7 +263,7 @@ impl Metrics {
         let (hits, misses, entries) = cache.map_or((0.0, 0.0, 0.0), |c| {
             (get(&c.hits), get(&c.misses), c.entry_count() as f64)
         });
-        let scalars: [(&str, Kind, &str, f64); 14] = [
+        let scalars: [(&str, Kind, &str, f64); 15] = [
             (
                 "balancer_cache_hits_total",
                 Kind::Counter,
@@ -309,6 +334,12 @@ impl Metrics {
                 self.shard_connections.iter().map(get).sum(),
             ),
             (
+                "balancer_connections_moved_total",
+                Kind::Counter,
+                "Client connections accepted by one proxy shard and handed to a less busy one.",
+                get(&self.connections_moved),
+            ),
+            (
                 "balancer_retries_total",
                 Kind::Counter,
                 "Requests retried on another backend after a connect failure.",
@@ -338,6 +369,15 @@ impl Metrics {
         );
         for (shard, n) in self.shard_connections.iter().enumerate() {
             out.sample(by_shard, &[("shard", &shard.to_string())], get(n));
+        }
+        let open_by_shard = "balancer_shard_connections_active";
+        out.family(
+            open_by_shard,
+            Kind::Gauge,
+            "Open client connections by the proxy shard (thread) that serves them.",
+        );
+        for (shard, n) in self.shard_active.iter().enumerate() {
+            out.sample(open_by_shard, &[("shard", &shard.to_string())], get(n));
         }
         out.family(
             "balancer_client_faults_total",

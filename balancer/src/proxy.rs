@@ -125,7 +125,7 @@ impl Proxy {
                 Box::pin(self.upstream(up)).await
             }
             Route::Upstream(up) => match self.cache_key(&up) {
-                Some(key) => Box::pin(self.through_cache(key, up)).await,
+                Some((cache, key)) => Box::pin(self.through_cache(cache, key, up)).await,
                 None => {
                     let Upstream {
                         out,
@@ -189,14 +189,15 @@ impl Proxy {
         })
     }
 
-    /// The cache key of a request whose body is known to be empty, when it may be answered
-    /// from the cache.
-    fn cache_key(&self, up: &Upstream) -> Option<String> {
+    /// The cache and the key of a request whose body is known to be empty, when it may be
+    /// answered from the cache.
+    fn cache_key(&self, up: &Upstream) -> Option<(&Cache, String)> {
         let cache = self.cache.as_ref()?;
         if up.on_client_upgrade.is_some() || !up.body.is_end_stream_hint() {
             return None;
         }
-        cache.policy.key(&up.out.method, &up.uri, &up.out.headers)
+        let key = cache.policy.key(&up.out.method, &up.uri, &up.out.headers)?;
+        Some((cache, key))
     }
 
     /// A request whose body streams: a small body is read before a backend connection is
@@ -218,17 +219,19 @@ impl Proxy {
             }
         };
         match self.cache_key(&up) {
-            Some(key) => self.through_cache(key, up).await,
+            Some((cache, key)) => self.through_cache(cache, key, up).await,
             None => self.forward(up.out, up.body, up.on_client_upgrade).await,
         }
     }
 
     /// Serves a cacheable GET/HEAD: from the cache, or fetched once and stored.
-    async fn through_cache(&self, key: String, up: Upstream) -> (Response<ResponseBody>, Source) {
+    async fn through_cache(
+        &self,
+        cache: &Cache,
+        key: String,
+        up: Upstream,
+    ) -> (Response<ResponseBody>, Source) {
         let Upstream { out, body, .. } = up;
-        let Some(cache) = &self.cache else {
-            return self.forward(out, body, None).await;
-        };
         if out.method == Method::HEAD {
             if let Some(entry) = cache.get(&key).await {
                 cache.hits.fetch_add(1, Ordering::Relaxed);

@@ -20,7 +20,7 @@ use hyper_util::server::conn::auto;
 use log::{debug, info, warn};
 use protocol::net::{Accepted, Acceptor, IdleTimeout};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::body::ResponseBody;
@@ -29,6 +29,7 @@ use crate::front::{self, Ended};
 use crate::head_deadline::{Exchange, HeadDeadline};
 use crate::metrics::Metrics;
 use crate::request_body::ClientBody;
+use crate::shards;
 use crate::upstream::BoxError;
 
 /// hyper's HTTP/1 header count limit when none is set.
@@ -76,7 +77,9 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// open connections to finish their requests. `cap`: the connection cap (`MAX_CONNECTIONS`,
 /// [`protocol::net::cap`]), shared by the shards of one listener. `counted`: the metrics
 /// whose connection gauges this listener's connections count in (`None` for the admin
-/// listener, so that a scrape does not count itself).
+/// listener, so that a scrape does not count itself). `link`: this listener is one of the
+/// proxy's shards ([`shard_links`]); a connection accepted while this shard serves clearly
+/// more than another ([`shards::choose`]) is moved there, and the ones moved here are served.
 ///
 /// Each connection starts on the own HTTP/1.1 front end ([`crate::front`]) and goes to
 /// hyper's server (HTTP/1.1 or h2c, with upgrades) at the first request the front end does
@@ -90,6 +93,7 @@ pub async fn serve<H, F>(
     counted: Option<Arc<Metrics>>,
     grace: Duration,
     handler: H,
+    link: Option<ShardLink>,
     shutdown: impl Future<Output = ()>,
 ) where
     H: Fn(Request<ClientBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -111,20 +115,38 @@ pub async fn serve<H, F>(
     if let Ok(addr) = acceptor.local_addr() {
         info!("{name} listening on {addr}");
     }
-    while let Some(Accepted {
-        stream,
-        peer,
-        permit,
-    }) = acceptor.next(shutdown.as_mut()).await
-    {
+    let mut link = link;
+    let me = link.as_ref().map_or_else(shards::current, |l| l.index);
+    loop {
+        // Connections other shards moved here come first: they were accepted already.
+        let (stream, peer, open) = match link.as_mut() {
+            Some(l) => tokio::select! {
+                biased;
+                Some(moved) = l.inbox.recv() => match moved.arrive(acceptor.idle()) {
+                    Some(arrived) => arrived,
+                    None => continue,
+                },
+                accepted = acceptor.next(shutdown.as_mut()) => match accepted {
+                    Some(a) => OpenConnection::accepted(a, counted.as_ref(), me),
+                    None => break,
+                },
+            },
+            None => match acceptor.next(shutdown.as_mut()).await {
+                Some(a) => OpenConnection::accepted(a, counted.as_ref(), me),
+                None => break,
+            },
+        };
         while connections.try_join_next().is_some() {}
-        if let Some(m) = &counted {
-            m.count_connection();
-            m.connections_active.fetch_add(1, Ordering::Relaxed);
-        }
-        let open = OpenConnection {
-            metrics: counted.clone(),
-            _permit: permit,
+        // A shard clearly busier than another passes the connection on.
+        let (stream, open) = match (&link, &counted) {
+            (Some(l), Some(m)) => match shards::choose(&m.shard_open(), me) {
+                to if to != me => match l.hand_off(to, stream, peer, open, m, acceptor.idle()) {
+                    Some(kept) => kept,
+                    None => continue,
+                },
+                _ => (stream, open),
+            },
+            _ => (stream, open),
         };
         let conn = Connection {
             name,
@@ -137,6 +159,8 @@ pub async fn serve<H, F>(
         };
         connections.spawn(conn.run(stream, handler.clone(), open));
     }
+    // Connections moved here and not taken yet close with the inbox.
+    drop(link);
     drop(acceptor);
     info!("{name}: stopped accepting; waiting up to {grace:?} for open requests");
     draining.store(true, Ordering::Relaxed);
@@ -302,17 +326,145 @@ impl Body for Served {
     }
 }
 
-/// Counts an open connection and holds its slot under `MAX_CONNECTIONS` until dropped (also
-/// when its task is aborted after the grace period).
-struct OpenConnection {
+/// Counts an open connection (in all and for the shard that serves it) and holds its slot
+/// under `MAX_CONNECTIONS` until dropped (also when its task is aborted after the grace
+/// period, or when it is dropped on its way to another shard).
+pub struct OpenConnection {
     metrics: Option<Arc<Metrics>>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    shard: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl OpenConnection {
+    /// A connection `shard` has just accepted, counted there.
+    fn accepted(
+        accepted: Accepted,
+        metrics: Option<&Arc<Metrics>>,
+        shard: usize,
+    ) -> (IdleTimeout<TcpStream>, SocketAddr, OpenConnection) {
+        let Accepted {
+            stream,
+            peer,
+            permit,
+        } = accepted;
+        if let Some(m) = metrics {
+            m.count_connection();
+            m.connections_active.fetch_add(1, Ordering::Relaxed);
+            m.shard_served(shard, true);
+        }
+        let open = OpenConnection {
+            metrics: metrics.cloned(),
+            shard,
+            _permit: permit,
+        };
+        (stream, peer, open)
+    }
+
+    /// Counts the connection for `shard` from now on.
+    fn move_to(&mut self, shard: usize) {
+        if let Some(m) = &self.metrics {
+            m.shard_served(self.shard, false);
+            m.shard_served(shard, true);
+        }
+        self.shard = shard;
+    }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         if let Some(m) = &self.metrics {
             m.connections_active.fetch_sub(1, Ordering::Relaxed);
+            m.shard_served(self.shard, false);
+        }
+    }
+}
+
+/// A proxy shard's part in evening out the connections the shards serve
+/// ([`shards::choose`]): the inboxes of all shards, and its own.
+pub struct ShardLink {
+    index: usize,
+    inboxes: Arc<[mpsc::UnboundedSender<Moved>]>,
+    inbox: mpsc::UnboundedReceiver<Moved>,
+}
+
+/// The links of `count` shards, by index.
+pub fn shard_links(count: usize) -> Vec<ShardLink> {
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+    let inboxes: Arc<[mpsc::UnboundedSender<Moved>]> = senders.into();
+    receivers
+        .into_iter()
+        .enumerate()
+        .map(|(index, inbox)| ShardLink {
+            index,
+            inboxes: inboxes.clone(),
+            inbox,
+        })
+        .collect()
+}
+
+impl ShardLink {
+    /// Passes an accepted connection to shard `to`. Gives it back, counted here again, when
+    /// that shard no longer takes connections; `None` once it is on its way (or lost: its
+    /// socket could not be taken off this shard's reactor, which is logged).
+    fn hand_off(
+        &self,
+        to: usize,
+        stream: IdleTimeout<TcpStream>,
+        peer: SocketAddr,
+        mut open: OpenConnection,
+        metrics: &Metrics,
+        idle: Duration,
+    ) -> Option<(IdleTimeout<TcpStream>, OpenConnection)> {
+        // A shard that never started (logged when it failed) or has stopped: kept here.
+        if self.inboxes.get(to).is_none_or(|inbox| inbox.is_closed()) {
+            return Some((stream, open));
+        }
+        open.move_to(to);
+        let stream = match stream.into_inner().into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("connection from {peer}: cannot move it to shard {to}: {e}");
+                return None;
+            }
+        };
+        let inbox = self.inboxes.get(to)?;
+        match inbox.send(Moved { stream, peer, open }) {
+            Ok(()) => {
+                metrics.connections_moved.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(mpsc::error::SendError(mut back)) => {
+                back.open.move_to(self.index);
+                let (stream, _, open) = back.arrive(idle)?;
+                Some((stream, open))
+            }
+        }
+    }
+}
+
+/// A connection on its way to another shard: off the reactor of the one that accepted it.
+pub struct Moved {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    open: OpenConnection,
+}
+
+impl Moved {
+    /// Registers the connection with the calling thread's reactor, with a new idle timer
+    /// (the old one belonged to the other shard's runtime). `None` (logged) when the
+    /// reactor refuses it: the connection closes.
+    fn arrive(
+        self,
+        idle: Duration,
+    ) -> Option<(IdleTimeout<TcpStream>, SocketAddr, OpenConnection)> {
+        let Moved { stream, peer, open } = self;
+        match TcpStream::from_std(stream) {
+            Ok(s) => Some((IdleTimeout::new(s, idle), peer, open)),
+            Err(e) => {
+                warn!("connection from {peer}: cannot take it over from another shard: {e}");
+                None
+            }
         }
     }
 }

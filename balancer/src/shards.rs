@@ -32,6 +32,10 @@ use tokio::sync::oneshot;
 /// Listen backlog of the sockets bound here (std's own is 128).
 const BACKLOG: u32 = 1024;
 
+/// A shard keeps a connection it accepted unless it serves at least this many more than the
+/// least busy shard ([`choose`]).
+pub const MOVE_AT: u64 = 2;
+
 thread_local! {
     /// The shard this thread serves; 0 for every thread not started by [`spawn`].
     static SHARD: Cell<usize> = const { Cell::new(0) };
@@ -89,6 +93,26 @@ impl<T> PerShard<T> {
     /// Every slot, in shard order.
     pub fn iter(&self) -> std::slice::Iter<'_, T> {
         self.slots.iter()
+    }
+}
+
+/// Which shard serves a connection that shard `me` accepted, given the connections each
+/// shard serves now (`open`, by shard): `me`, unless it serves at least [`MOVE_AT`] more than
+/// the least busy shard, which then gets it.
+///
+/// `SO_REUSEPORT` spreads connections by a hash of their addresses, not by load: 64
+/// connections typically land 36 / 28 on two shards, and the busier shard sets the tail
+/// latency of all of them. Envoy's "exact balance" evens them out the same way (by count,
+/// at accept time); nginx and HAProxy share one accept queue, where an idle worker takes
+/// more. The slack of [`MOVE_AT`] keeps a shard from passing on connections back and forth
+/// over a difference of one.
+pub fn choose(open: &[u64], me: usize) -> usize {
+    let Some((least, &fewest)) = open.iter().enumerate().min_by_key(|&(_, n)| *n) else {
+        return me;
+    };
+    match open.get(me) {
+        Some(&mine) if mine >= fewest.saturating_add(MOVE_AT) => least,
+        _ => me,
     }
 }
 
@@ -184,6 +208,38 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_moves_only_to_a_clearly_less_busy_shard() {
+        // Level, or one apart: kept.
+        assert_eq!(choose(&[5, 5], 0), 0);
+        assert_eq!(choose(&[6, 5], 0), 0);
+        assert_eq!(choose(&[5, 6], 1), 1);
+        // Two or more apart: to the least busy.
+        assert_eq!(choose(&[7, 5], 0), 1);
+        assert_eq!(choose(&[5, 9, 3, 4], 1), 2);
+        assert_eq!(choose(&[0, 2], 1), 0);
+        // The least busy shard itself keeps it, however busy the others are.
+        assert_eq!(choose(&[40, 2, 90], 1), 1);
+        // Ties among the least busy: the first of them.
+        assert_eq!(choose(&[9, 3, 3], 0), 1);
+        // A shard past the slots (or none at all) keeps what it accepted.
+        assert_eq!(choose(&[1, 1], 5), 5);
+        assert_eq!(choose(&[], 0), 0);
+        assert_eq!(choose(&[u64::MAX, u64::MAX], 0), 0);
+    }
+
+    #[test]
+    fn choosing_evens_out_a_hashed_spread() {
+        // Accepts arrive 3:1 at shard 0 (a hash can do that); each is placed by `choose`.
+        let mut open = [0u64; 2];
+        for n in 0..64 {
+            let me = usize::from(n % 4 == 3);
+            open[choose(&open, me)] += 1;
+        }
+        assert!(open[0].abs_diff(open[1]) < MOVE_AT, "{open:?}");
+        assert_eq!(open.iter().sum::<u64>(), 64);
+    }
 
     #[test]
     fn a_thread_uses_its_shards_slot() {

@@ -25,7 +25,7 @@ use testkit::RedisServer;
 const ODD: &str = "app \"b\" \\ ,x=y\nz";
 
 /// Every family the balancer writes, tasks aside (documented in artefacts/metrics.md).
-const FAMILIES: [&str; 23] = [
+const FAMILIES: [&str; 26] = [
     "balancer_build_info",
     "balancer_requests_total",
     "balancer_request_duration_seconds",
@@ -45,6 +45,9 @@ const FAMILIES: [&str; 23] = [
     "balancer_agent_frames_rejected_total",
     "balancer_connections_active",
     "balancer_connections_total",
+    "balancer_shard_connections_total",
+    "balancer_shard_connections_active",
+    "balancer_connections_moved_total",
     "balancer_retries_total",
     "balancer_retries_refused_total",
     "balancer_upgrades_total",

@@ -68,6 +68,11 @@ impl Acceptor {
         self.listener.local_addr()
     }
 
+    /// The idle timeout its connections get.
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
     /// The next connection (`TCP_NODELAY` set), or `None` once `shutdown` completes. A
     /// failing `accept` (EMFILE and friends) is logged and retried after a pause.
     pub async fn next<S: Future<Output = ()>>(
@@ -132,6 +137,12 @@ impl<S> IdleTimeout<S> {
             timer: Box::pin(tokio::time::sleep_until(now + timeout)),
             armed_for: None,
         }
+    }
+
+    /// The stream without its timer (which belongs to the runtime it was made on): to move
+    /// the stream to another runtime, where a new `IdleTimeout` watches it.
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 
     /// Polled when the inner stream is pending: `Err` once idle for too long.
