@@ -12,6 +12,10 @@ Sub-commands (standard library only, except the optional PNG plot):
   report --csv RAW --meta META --md OUT.md [--png OUT.png]
                         aggregate the raw per-run CSV (median over rounds)
                         and write the Markdown report and the plot
+  rounds CSV [CSV ...]  per round, the balancer's req/s, p99 and CPU per
+                        request divided by the better of nginx and HAProxy
+                        in that same round, for each run (CSV) and together
+                        (a Markdown table on stdout)
 
 The raw CSV has one row per measured run (see RAW_FIELDS); `mode` and
 `streams` are optional on input (older CSVs: mode h1, 1 stream).
@@ -255,6 +259,51 @@ def aggregate(rows):
     return agg
 
 
+def round_ratios(rows, mode, c):
+    """Per round: {field: balancer / best other in that round} for RATIO_FIELDS.
+
+    The rounds of one run interleave the targets, so within a round they shared the
+    machine's state: these ratios show how steady the comparison is, which the medians
+    over rounds hide."""
+    by_round = {}
+    for r in keep_last_attempts(rows):
+        if r["mode"] == mode and int(r["conns"]) == c and r["status"] == "ok":
+            by_round.setdefault(int(r["round"]), {})[r["target"]] = r
+    out = []
+    for rnd in sorted(by_round):
+        got = by_round[rnd]
+        bal = got.get("balancer")
+        if bal is None:
+            continue
+        ratios = {}
+        for field, _, hib, _, _ in RATIO_FIELDS:
+            others = [fnum(got[t][field]) for t in OTHERS if t in got]
+            others = [v for v in others if v]
+            mine = fnum(bal[field])
+            if others and mine is not None:
+                ratios[field] = mine / (max(others) if hib else min(others))
+        out.append((rnd, ratios))
+    return out
+
+
+def spread(vals):
+    """'a, b, c (median m)' of ratios, or 'n/a'."""
+    if not vals:
+        return "n/a"
+    listed = ", ".join(f"{v:.2f}x" for v in vals)
+    return f"{listed} (median {statistics.median(vals):.2f}x)" if len(vals) > 1 else listed
+
+
+def round_line(rows, mode, c, streams):
+    per = round_ratios(rows, mode, c)
+    if not per:
+        return None
+    parts = []
+    for field, label, _, _, _ in RATIO_FIELDS:
+        parts.append(f"{label} {spread([r[field] for _, r in per if field in r])}")
+    return f"c={conns_label(c, streams)}, per round: " + "; ".join(parts)
+
+
 def ordered(names, order):
     known = [t for t in order if t in names]
     return known + sorted(n for n in names if n not in order)
@@ -352,7 +401,7 @@ def write_table(lines, agg, mode, targets, conns):
                 f"| {a['errors']} | {r_rps} | {r_p99} | {fmt(a['other_max'], '.0f')} | {runs} |")
 
 
-def write_md(agg, meta, md_path, png_name):
+def write_md(agg, rows, meta, md_path, png_name):
     modes = modes_sorted({m for m, _, _ in agg})
     metad = dict(meta)
     lines = []
@@ -401,6 +450,15 @@ def write_md(agg, meta, md_path, png_name):
                     continue
                 a = agg[(m, "balancer", c)]
                 lines.append(f"- c={conns_label(c, a['streams'])}: {ratio_line(agg, m, c)}")
+            lines.append("")
+            lines.append("Balancer / best other within each round (the targets of a round "
+                         "ran back to back):")
+            lines.append("")
+            for c in conns:
+                a = agg.get((m, "balancer", c))
+                line = round_line(rows, m, c, a["streams"]) if a else None
+                if line:
+                    lines.append(f"- {line}")
             lines.append("")
         lines.append("Per-round req/s (to judge noise):")
         lines.append("")
@@ -479,24 +537,62 @@ def write_png(agg, png_path):
     return True
 
 
-def report(args):
-    with open(args.csv, newline="", encoding="utf-8") as f:
+def read_rows(path):
+    """The raw rows of one run's CSV, with the optional columns filled in."""
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        die(f"{args.csv}: no rows")
+        die(f"{path}: no rows")
     for r in rows:
         for k, v in OPTIONAL_FIELDS.items():
             if not r.get(k):
                 r[k] = v
     missing = [k for k in RAW_FIELDS if k not in rows[0]]
     if missing:
-        die(f"{args.csv}: missing columns {missing}")
+        die(f"{path}: missing columns {missing}")
+    return rows
+
+
+def rounds(args):
+    """A Markdown table: per run and (mode, conns), the per-round ratios of the balancer
+    to the better of nginx and HAProxy; then all runs' rounds together."""
+    print("| run | mode | conns | " + " | ".join(f"{label} per round" for _, label, *_ in RATIO_FIELDS)
+          + " |")
+    print("|---|---|---:|" + "---|" * len(RATIO_FIELDS))
+    pooled = {}
+    for path in args.csv:
+        rows = read_rows(path)
+        keys = {(r["mode"], int(r["conns"]), int(r["streams"] or 1)) for r in rows
+                if r["target"] == "balancer"}
+        order = modes_sorted({m for m, _, _ in keys})
+        for mode, c, streams in sorted(keys, key=lambda k: (order.index(k[0]), k[1])):
+            per = round_ratios(rows, mode, c)
+            cells = []
+            for field, *_ in RATIO_FIELDS:
+                vals = [r[field] for _, r in per if field in r]
+                pooled.setdefault((mode, c, streams), {}).setdefault(field, []).extend(vals)
+                cells.append(spread(vals))
+            print(f"| {path} | {mode} | {conns_label(c, streams)} | " + " | ".join(cells) + " |")
+    for (mode, c, streams), fields in pooled.items():
+        cells = []
+        for field, *_ in RATIO_FIELDS:
+            vals = sorted(fields.get(field, []))
+            if vals:
+                cells.append(f"{vals[0]:.2f}–{vals[-1]:.2f}x, median "
+                             f"{statistics.median(vals):.2f}x over {len(vals)}")
+            else:
+                cells.append("n/a")
+        print(f"| all | {mode} | {conns_label(c, streams)} | " + " | ".join(cells) + " |")
+
+
+def report(args):
+    rows = read_rows(args.csv)
     agg = aggregate(rows)
     meta = read_meta(args.meta)
     png_ok = False
     if args.png:
         png_ok = write_png(agg, args.png)
-    write_md(agg, meta, args.md, os.path.basename(args.png) if png_ok else None)
+    write_md(agg, rows, meta, args.md, os.path.basename(args.png) if png_ok else None)
     # Short summary to stderr for the console.
     modes = modes_sorted({m for m, _, _ in agg})
     tnames = targets_sorted({t for _, t, _ in agg})
@@ -530,6 +626,8 @@ def main():
     sp.add_argument("--meta", required=True)
     sp.add_argument("--md", required=True)
     sp.add_argument("--png")
+    sp = sub.add_parser("rounds")
+    sp.add_argument("csv", nargs="+")
     args = p.parse_args()
     if args.cmd == "free-ports":
         free_ports(args.n)
@@ -537,6 +635,8 @@ def main():
         parse_wrk(args.file)
     elif args.cmd == "parse-h2load":
         parse_h2load(args.out, args.log)
+    elif args.cmd == "rounds":
+        rounds(args)
     else:
         report(args)
 
