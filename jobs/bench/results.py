@@ -539,8 +539,11 @@ def write_png(agg, png_path):
 
 def read_rows(path):
     """The raw rows of one run's CSV, with the optional columns filled in."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        die(f"{path}: {e.strerror}")
     if not rows:
         die(f"{path}: no rows")
     for r in rows:
@@ -556,12 +559,12 @@ def read_rows(path):
 def rounds(args):
     """A Markdown table: per run and (mode, conns), the per-round ratios of the balancer
     to the better of nginx and HAProxy; then all runs' rounds together."""
+    runs = [(path, read_rows(path)) for path in args.csv]
     print("| run | mode | conns | " + " | ".join(f"{label} per round" for _, label, *_ in RATIO_FIELDS)
           + " |")
     print("|---|---|---:|" + "---|" * len(RATIO_FIELDS))
     pooled = {}
-    for path in args.csv:
-        rows = read_rows(path)
+    for path, rows in runs:
         keys = {(r["mode"], int(r["conns"]), int(r["streams"] or 1)) for r in rows
                 if r["target"] == "balancer"}
         order = modes_sorted({m for m, _, _ in keys})
