@@ -260,7 +260,8 @@ def aggregate(rows):
 
 
 def round_ratios(rows, mode, c):
-    """Per round: {field: balancer / best other in that round} for RATIO_FIELDS.
+    """Per round: {field: balancer / best other in that round} for RATIO_FIELDS, by the
+    same definition as the run's medians (`balancer_ratios` on that round's rows alone).
 
     The rounds of one run interleave the targets, so within a round they shared the
     machine's state: these ratios show how steady the comparison is, which the medians
@@ -268,22 +269,18 @@ def round_ratios(rows, mode, c):
     by_round = {}
     for r in keep_last_attempts(rows):
         if r["mode"] == mode and int(r["conns"]) == c and r["status"] == "ok":
-            by_round.setdefault(int(r["round"]), {})[r["target"]] = r
-    out = []
-    for rnd in sorted(by_round):
-        got = by_round[rnd]
-        bal = got.get("balancer")
-        if bal is None:
-            continue
-        ratios = {}
-        for field, _, hib, _, _ in RATIO_FIELDS:
-            others = [fnum(got[t][field]) for t in OTHERS if t in got]
-            others = [v for v in others if v]
-            mine = fnum(bal[field])
-            if others and mine is not None:
-                ratios[field] = mine / (max(others) if hib else min(others))
-        out.append((rnd, ratios))
-    return out
+            by_round.setdefault(int(r["round"]), {})[(mode, r["target"], c)] = {
+                field: fnum(r[field]) for field, *_ in RATIO_FIELDS}
+    return [(rnd, {field: ratio
+                   for (field, *_), (_, ratio, *_) in zip(RATIO_FIELDS,
+                                                          balancer_ratios(got, mode, c))
+                   if ratio is not None})
+            for rnd, got in sorted(by_round.items()) if (mode, "balancer", c) in got]
+
+
+def per_field(per):
+    """The per-round ratios of `round_ratios` as one list per RATIO_FIELDS entry."""
+    return [[r[field] for _, r in per if field in r] for field, *_ in RATIO_FIELDS]
 
 
 def spread(vals):
@@ -298,9 +295,8 @@ def round_line(rows, mode, c, streams):
     per = round_ratios(rows, mode, c)
     if not per:
         return None
-    parts = []
-    for field, label, _, _, _ in RATIO_FIELDS:
-        parts.append(f"{label} {spread([r[field] for _, r in per if field in r])}")
+    parts = [f"{label} {spread(vals)}"
+             for (_, label, *_), vals in zip(RATIO_FIELDS, per_field(per))]
     return f"c={conns_label(c, streams)}, per round: " + "; ".join(parts)
 
 
@@ -569,10 +565,8 @@ def rounds(args):
                 if r["target"] == "balancer"}
         order = modes_sorted({m for m, _, _ in keys})
         for mode, c, streams in sorted(keys, key=lambda k: (order.index(k[0]), k[1])):
-            per = round_ratios(rows, mode, c)
             cells = []
-            for field, *_ in RATIO_FIELDS:
-                vals = [r[field] for _, r in per if field in r]
+            for (field, *_), vals in zip(RATIO_FIELDS, per_field(round_ratios(rows, mode, c))):
                 pooled.setdefault((mode, c, streams), {}).setdefault(field, []).extend(vals)
                 cells.append(spread(vals))
             print(f"| {path} | {mode} | {conns_label(c, streams)} | " + " | ".join(cells) + " |")
