@@ -5,7 +5,8 @@
 #
 # Setup as in jobs/bench-proxy.sh's h1 mode: three nginx origins (one worker) and wrk on
 # CPU $LOAD_CPU, each proxy pinned to CPU $PROXY_CPU (the balancer then runs its
-# current-thread runtime; nginx one worker, upstream keepalive 64). Per round and target:
+# current-thread runtime; nginx one worker, upstream keepalive 64; HAProxy one thread,
+# http-reuse always). Per round and target:
 # a 2 s warm-up, then a DURATION run of `wrk -t1 -c$CONNS --latency`; CPU per request is
 # the proxy's utime+stime from /proc over the run divided by the requests (also split into
 # user and system time).
@@ -13,8 +14,10 @@
 # Usage: jobs/bench-ab.sh NAME=BINARY [NAME=BINARY ...]
 #   e.g. jobs/bench-ab.sh old=/tmp/balancer-old new=target/release/balancer
 # Env: CONNS="64 256", ROUNDS=3, DURATION=6 (seconds), NGINX_REF=1 (0: no nginx reference; not NGINX,
-#      which nginx itself reads as inherited sockets),
-#      PROXY_CPU=0, LOAD_CPU=1.
+#      which nginx itself reads as inherited sockets), HAPROXY_REF=0 (1: HAProxy as a second reference),
+#      PROXY_CPU=0, LOAD_CPU=1, REF_WORKERS=1 (nginx worker_processes, HAProxy nbthread), WRK_THREADS=1.
+#      The two-core setup of jobs/bench-proxy.sh's cores2 mode, everything sharing both CPUs:
+#      PROXY_CPU=0,1 LOAD_CPU=0,1 REF_WORKERS=2 WRK_THREADS=2 (origins keep one worker).
 # Output: one line per round, target and connection count on stdout (also as CSV in
 # $OUT, default /tmp/bench-ab.csv); progress on stderr.
 set -euo pipefail
@@ -29,14 +32,21 @@ CONNS=${CONNS:-64 256}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-6}
 NGINX_REF=${NGINX_REF:-1}
+HAPROXY_REF=${HAPROXY_REF:-0}
+REF_WORKERS=${REF_WORKERS:-1}
+WRK_THREADS=${WRK_THREADS:-1}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 OUT=${OUT:-/tmp/bench-ab.csv}
 posint ROUNDS "$ROUNDS"
 posint DURATION "$DURATION"
+posint REF_WORKERS "$REF_WORKERS"
+posint WRK_THREADS "$WRK_THREADS"
 (($#)) || die "usage: jobs/bench-ab.sh NAME=BINARY [NAME=BINARY ...]"
-for tool in wrk nginx taskset; do
-    command -v "$tool" >/dev/null || die "$tool not found (apt-get install wrk nginx util-linux)"
+TOOLS=(wrk nginx taskset)
+[[ $HAPROXY_REF == 1 ]] && TOOLS+=(haproxy)
+for tool in "${TOOLS[@]}"; do
+    command -v "$tool" >/dev/null || die "$tool not found (apt-get install wrk nginx haproxy util-linux)"
 done
 
 TMP=$(mktemp -d /tmp/bench-ab.XXXXXX)
@@ -96,7 +106,7 @@ done
 if [[ $NGINX_REF == 1 ]]; then
     port=$(free_port)
     cat >"$TMP/proxy.conf" <<EOF
-worker_processes 1;
+worker_processes $REF_WORKERS;
 pid $TMP/proxy.pid;
 error_log $TMP/proxy.err warn;
 events { worker_connections 4096; }
@@ -110,26 +120,65 @@ EOF
     taskset -c "$PROXY_CPU" nginx -c "$TMP/proxy.conf" -p "$TMP"
     wait_up "http://127.0.0.1:$port/"
     master=$(cat "$TMP/proxy.pid")
-    PID[nginx]=$(ps -o pid= --ppid "$master" | head -1 | tr -d ' ')
+    # The master's CPU time is nil; the workers' is summed (cpu_ticks takes a list).
+    PID[nginx]=$(ps -o pid= --ppid "$master" | tr -d ' ' | paste -sd' ')
     PORT[nginx]=$port
     TARGETS+=(nginx)
     log "nginx reference on :$port (worker pid ${PID[nginx]})"
 fi
+if [[ $HAPROXY_REF == 1 ]]; then
+    port=$(free_port)
+    cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread $REF_WORKERS
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    maxconn 4096
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind 127.0.0.1:$port
+    default_backend be
+backend be
+    balance roundrobin
+    server o1 127.0.0.1:$O1
+    server o2 127.0.0.1:$O2
+    server o3 127.0.0.1:$O3
+EOF
+    taskset -c "$PROXY_CPU" haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
+    PID[haproxy]=$!
+    PIDS+=("$!")
+    PORT[haproxy]=$port
+    TARGETS+=(haproxy)
+    wait_up "http://127.0.0.1:$port/"
+    log "HAProxy reference on :$port (pid ${PID[haproxy]})"
+fi
 
-cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }  # utime stime
+cpu_ticks() {  # cpu_ticks "PID..." -> utime stime, summed
+    local p u=0 s=0 a b
+    for p in $1; do
+        read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat")
+        u=$((u + a)) s=$((s + b))
+    done
+    echo "$u $s"
+}
 hz=$(getconf CLK_TCK)
 echo "round,target,conns,req_per_s,p99,cpu_us_per_req,usr_us_per_req,sys_us_per_req,vmhwm_kib" >"$OUT"
 for round in $(seq "$ROUNDS"); do
     for conns in $CONNS; do
         for t in "${TARGETS[@]}"; do
             url="http://127.0.0.1:${PORT[$t]}/"
-            taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d2s "$url" >/dev/null
+            taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$conns" -d2s "$url" >/dev/null
             read -r u0 s0 < <(cpu_ticks "${PID[$t]}")
-            out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${DURATION}s" --latency "$url")
+            out=$(taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" --latency "$url")
             read -r u1 s1 < <(cpu_ticks "${PID[$t]}")
             n=$(awk '/requests in/ {print $1}' <<<"$out")
             p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-            hwm=$(awk '/VmHWM/ {print $2}' "/proc/${PID[$t]}/status")
+            hwm=$(awk '/VmHWM/ {s += $2} END {print s}' $(printf '/proc/%s/status ' ${PID[$t]}))
             read -r cpu usr sys < <(python3 -c "k = 1e6 / $hz / $n; print(f'{($u1 + $s1 - $u0 - $s0) * k:.2f} {($u1 - $u0) * k:.2f} {($s1 - $s0) * k:.2f}')")
             echo "$round,$t,$conns,$((n / DURATION)),$p99,$cpu,$usr,$sys,$hwm" >>"$OUT"
             printf 'round %s  c%-4s %-10s %7d req/s  p99 %-8s  %6s us CPU/req (usr %s sys %s)  VmHWM %s KiB\n' \

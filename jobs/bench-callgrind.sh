@@ -58,6 +58,12 @@ Options:
   --out DIR           output directory (default: <repo>/artefacts)
   --protocols LIST    comma-separated subset of h1,h2c (default: h1,h2c)
   --keep-tmp          keep the temp dir (configs, logs, h2load output, dumps)
+  --proxy NAME        what runs under callgrind: balancer (default), or one of
+                      the references nginx (one process: master_process off)
+                      and haproxy (nbthread 1), configured from the templates
+                      jobs/bench-proxy.sh uses. A reference is started afresh
+                      for each protocol (its listener is either h1 or h2c);
+                      its rows are labelled with its name and version.
 
 Environment (defaults in brackets):
   BALANCER_BIN=PATH   measure this binary and skip `cargo build --release -p balancer`
@@ -113,6 +119,7 @@ OUT_DIR=$REPO_ROOT/artefacts
 LABEL=""
 PROTOCOLS=h1,h2c
 KEEP_TMP=0
+PROXY=balancer
 ALL_PROTOCOLS=(h1 h2c)
 
 BENCH_TAG=bench-callgrind
@@ -129,12 +136,18 @@ while (($#)); do
         --protocols) [[ $# -ge 2 ]] || die "--protocols needs a value"; PROTOCOLS=$2; shift 2 ;;
         --protocols=*) PROTOCOLS=${1#*=}; shift ;;
         --keep-tmp) KEEP_TMP=1; shift ;;
+        --proxy) [[ $# -ge 2 ]] || die "--proxy needs a value"; PROXY=$2; shift 2 ;;
+        --proxy=*) PROXY=${1#*=}; shift ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
 done
 
 # ---------------------------------------------------------------- validation
 select_ordered PROTOS "$PROTOCOLS" "protocol in --protocols" "${ALL_PROTOCOLS[@]}"
+case $PROXY in
+    balancer|nginx|haproxy) ;;
+    *) die "--proxy must be balancer, nginx or haproxy (got '$PROXY')" ;;
+esac
 
 posint REQUESTS "$REQUESTS"
 nonneg WARMUP_REQUESTS "$WARMUP_REQUESTS"
@@ -154,12 +167,21 @@ for c in "$CONNS" "$H2C_CONNS"; do
 done
 
 GIT_DESC=$(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo unknown)
-[[ -n $LABEL ]] || LABEL=$GIT_DESC
+PROXY_VERSION=""
+case $PROXY in
+    nginx) PROXY_VERSION=$(nginx -v 2>&1 | sed -n 's|.*nginx/\([^ ]*\).*|nginx \1|p') ;;
+    haproxy) PROXY_VERSION=$(haproxy -v 2>&1 | sed -n '1s|^HAProxy version \([^ ]*\).*|HAProxy \1|p') ;;
+esac
+if [[ -z $LABEL ]]; then
+    if [[ $PROXY == balancer ]]; then LABEL=$GIT_DESC; else LABEL="reference: ${PROXY_VERSION:-$PROXY}"; fi
+fi
 [[ $LABEL != *,* && $LABEL != *$'\n'* ]] || die "--label must not contain commas or newlines"
 SAFE_LABEL=${LABEL//[^A-Za-z0-9._-]/_}
 
 # ------------------------------------------------------------------ tooling
-for b in python3 valgrind callgrind_control callgrind_annotate vgdb h2load nginx curl taskset; do
+TOOLS=(python3 valgrind callgrind_control callgrind_annotate vgdb h2load nginx curl taskset)
+[[ $PROXY == haproxy ]] && TOOLS+=(haproxy)
+for b in "${TOOLS[@]}"; do
     if ! command -v "$b" >/dev/null; then
         case $b in
             valgrind|callgrind_control|callgrind_annotate|vgdb) pkg=valgrind ;;
@@ -170,6 +192,7 @@ for b in python3 valgrind callgrind_control callgrind_annotate vgdb h2load nginx
         die "$b not found; install it with: apt-get install -y $pkg"
     fi
 done
+[[ $PROXY == balancer || -n $PROXY_VERSION ]] || die "cannot read the version of $PROXY"
 taskset -c "$BALANCER_CPU" true 2>/dev/null || die "cannot pin to CPU $BALANCER_CPU (BALANCER_CPU)"
 LOAD_PIN=()
 if taskset -c "$LOAD_CPU" true 2>/dev/null; then
@@ -239,13 +262,15 @@ add_children() {  # track children of PID (nginx workers) for cleanup
     for c in $(pgrep -P "$1" || true); do PIDS+=("$c"); done
 }
 
-# wait_http URL PID LOGFILE [BODY_SUBSTRING]: wait until URL answers 2xx.
+# wait_http URL PID LOGFILE [BODY_SUBSTRING]: wait until URL answers 2xx
+# (with the curl options in CURL_OPTS).
+CURL_OPTS=()
 wait_http() {
     local url=$1 pid=$2 logf=$3 want_body=${4:-} body deadline
     deadline=$((SECONDS + START_TIMEOUT))
     while ((SECONDS < deadline)); do
         kill -0 "$pid" 2>/dev/null || die "process $pid exited while waiting for $url (log: $logf)"
-        if body=$(curl -fsS --max-time 2 "$url" 2>/dev/null); then
+        if body=$(curl -fsS --max-time 2 "${CURL_OPTS[@]}" "$url" 2>/dev/null); then
             [[ -z $want_body || $body == *"$want_body"* ]] && return 0
         fi
         sleep 0.2
@@ -255,10 +280,16 @@ wait_http() {
 
 # The origins template is shared with jobs/bench-proxy.sh, which may grow new
 # placeholders; @ORIGIN_WORKERS@ (nginx worker_processes) is pinned to 1 here.
+# The reference proxies' templates are jobs/bench-proxy.sh's; they are rendered
+# as that script renders them for its one-core h1 and h2c modes (R_* below).
+R_LISTEN="" R_SERVER_EXTRA="" R_BIND="" R_KA_REQ=100000
 render() {  # render TEMPLATE OUTFILE
     sed -e "s|@DIR@|$TMP|g" \
         -e "s|@ORIGIN1_PORT@|$P_O1|g" -e "s|@ORIGIN2_PORT@|$P_O2|g" -e "s|@ORIGIN3_PORT@|$P_O3|g" \
-        -e "s|@ORIGIN_WORKERS@|1|g" \
+        -e "s|@ORIGIN_WORKERS@|1|g" -e "s|@WORKERS@|1|g" -e "s|@UPSTREAM_KEEPALIVE@|64|g" \
+        -e "s|@LISTEN_PARAMS@|$R_LISTEN|g" -e "s|@SERVER_EXTRA@|$R_SERVER_EXTRA|g" \
+        -e "s|@BIND_PARAMS@|$R_BIND|g" -e "s|@CLIENT_KEEPALIVE_REQUESTS@|$R_KA_REQ|g" \
+        -e "s|@PROXY_PORT@|$P_BAL|g" \
         "$1" >"$2"
     if grep -qE '@[A-Z0-9_]+@' "$2"; then
         die "unrendered placeholder(s) $(grep -oE '@[A-Z0-9_]+@' "$2" | sort -u | paste -sd' ') in $2"
@@ -272,10 +303,10 @@ now_ms() { date +%s%3N; }
 cg_cmd() {
     local flag out
     case $1 in zero) flag=-z ;; dump) flag=-d ;; *) die "cg_cmd: bad command $1" ;; esac
-    kill -0 "$BAL_PID" 2>/dev/null || die "balancer (pid $BAL_PID) is gone (log: $TMP/balancer.log)"
-    out=$(timeout 60 callgrind_control "$flag" "$BAL_PID" 2>&1) ||
-        die "callgrind_control $flag $BAL_PID failed: $out"
-    [[ $out == *OK* ]] || die "callgrind_control $flag $BAL_PID did not confirm: $out"
+    kill -0 "$TGT_PID" 2>/dev/null || die "$PROXY (pid $TGT_PID) is gone (log: $TGT_LOG)"
+    out=$(timeout 60 callgrind_control "$flag" "$TGT_PID" 2>&1) ||
+        die "callgrind_control $flag $TGT_PID failed: $out"
+    [[ $out == *OK* ]] || die "callgrind_control $flag $TGT_PID did not confirm: $out"
 }
 
 DUMP_SEQ=0
@@ -286,9 +317,9 @@ cg_dump() {
     DUMP_SEQ=$((DUMP_SEQ + 1))
     deadline=$((SECONDS + 10))
     while :; do
-        f=$(python3 "$CG_PY" latest-dump "$TMP" "$BAL_PID" 2>/dev/null || true)
+        f=$(python3 "$CG_PY" latest-dump "$TMP" "$TGT_PID" 2>/dev/null || true)
         [[ $f == *".$DUMP_SEQ" ]] && break
-        ((SECONDS < deadline)) || die "callgrind_control -d wrote no callgrind.out.$BAL_PID.$DUMP_SEQ in $TMP (newest: ${f:-none})"
+        ((SECONDS < deadline)) || die "callgrind_control -d wrote no callgrind.out.$TGT_PID.$DUMP_SEQ in $TMP (newest: ${f:-none})"
         sleep 0.2
     done
     DUMP_FILE=$f
@@ -324,23 +355,31 @@ run_h2load() {
 
 # -------------------------------------------------------------------- main
 T_START=$SECONDS
-if [[ -z $BALANCER_BIN ]]; then
+if [[ $PROXY != balancer ]]; then
+    BALANCER_BIN=""
+elif [[ -z $BALANCER_BIN ]]; then
     log "building balancer: cargo build --release -p balancer"
     command -v cargo >/dev/null || die "cargo not found (or set BALANCER_BIN=/path/to/balancer)"
     (cd "$REPO_ROOT" && cargo build --release -p balancer) >&2 ||
         die "cargo build --release -p balancer failed (or set BALANCER_BIN=/path/to/balancer)"
     BALANCER_BIN=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/balancer
 fi
-[[ -x $BALANCER_BIN ]] || die "balancer binary not executable: $BALANCER_BIN"
-BALANCER_BIN=$(cd "$(dirname "$BALANCER_BIN")" && pwd)/$(basename "$BALANCER_BIN")
+if [[ $PROXY == balancer ]]; then
+    [[ -x $BALANCER_BIN ]] || die "balancer binary not executable: $BALANCER_BIN"
+    BALANCER_BIN=$(cd "$(dirname "$BALANCER_BIN")" && pwd)/$(basename "$BALANCER_BIN")
+fi
 
 TMP=$(mktemp -d /tmp/bench-callgrind.XXXXXX)
 chmod 755 "$TMP"   # nginx workers run as an unprivileged user when we are root
 mkdir -p "$TMP/h2load" "$TMP/origins-tmp"
-# Snapshot the binary: a concurrent `cargo build` may replace it mid-run.
-cp "$BALANCER_BIN" "$TMP/balancer"
-BIN_SHA=$(sha256sum "$TMP/balancer" | cut -c1-12)
-log "balancer binary: $BALANCER_BIN (sha256 $BIN_SHA..., modified $(date -r "$BALANCER_BIN" '+%Y-%m-%d %H:%M:%S')); git $GIT_DESC; label '$LABEL'"
+if [[ $PROXY == balancer ]]; then
+    # Snapshot the binary: a concurrent `cargo build` may replace it mid-run.
+    cp "$BALANCER_BIN" "$TMP/balancer"
+    BIN_SHA=$(sha256sum "$TMP/balancer" | cut -c1-12)
+    log "balancer binary: $BALANCER_BIN (sha256 $BIN_SHA..., modified $(date -r "$BALANCER_BIN" '+%Y-%m-%d %H:%M:%S')); git $GIT_DESC; label '$LABEL'"
+else
+    log "measuring the reference $PROXY_VERSION ($(command -v "$PROXY")); label '$LABEL'"
+fi
 
 read -r P_O1 P_O2 P_O3 P_BAL P_ADMIN < <(python3 "$RESULTS_PY" free-ports 5)
 [[ -n ${P_ADMIN:-} ]] || die "could not allocate free ports"
@@ -360,23 +399,88 @@ done
 add_children "$ORIGINS_PID"
 log "origins up on 127.0.0.1:$P_O1,$P_O2,$P_O3 (nginx pid $ORIGINS_PID)"
 
-# ---- balancer under callgrind, cwd = $TMP
-t0=$SECONDS
-start_bg "$TMP" "$TMP/balancer.log" taskset -c "$BALANCER_CPU" env RUST_LOG=warn DEPLOYMENT_AGENT_URL= \
-    STATIC_BACKENDS="127.0.0.1:$P_O1,127.0.0.1:$P_O2,127.0.0.1:$P_O3" \
-    HOST_PORT_HTTP_BALANCER="$P_BAL" HOST_PORT_ADMIN_BALANCER="$P_ADMIN" \
-    BIND_ADDRESS=127.0.0.1 MAX_CONNECTIONS=10000 REDIS_HOST="$BALANCER_REDIS_HOST" \
-    valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.out.%p" "$TMP/balancer"
-BAL_PID=$STARTED_PID
-wait_http "http://127.0.0.1:$P_BAL/" "$BAL_PID" "$TMP/balancer.log" "hello from origin" ||
-    die "balancer under callgrind did not proxy on :$P_BAL within ${START_TIMEOUT}s (log: $TMP/balancer.log)"
-threads=$(awk '$1 == "Threads:" { print $2 }' "/proc/$BAL_PID/status" 2>/dev/null || echo '?')
-log "balancer up under callgrind in $((SECONDS - t0))s on :$P_BAL (pid $BAL_PID, CPU $BALANCER_CPU, $threads thread(s))"
-[[ $threads == 1 ]] || warn "balancer has $threads threads; expected the single-thread runtime (is CPU pinning effective?)"
+# ---- the proxy under callgrind, cwd = $TMP
+TGT_PID="" TGT_LOG=""
+# start_target PROTO: starts $PROXY under callgrind, ready for PROTO.
+start_target() {
+    local proto=$1 t0=$SECONDS threads conf
+    CURL_OPTS=()
+    [[ $proto == h2c ]] && CURL_OPTS=(--http2-prior-knowledge)
+    DUMP_SEQ=0   # callgrind numbers its dumps per process
+    case $PROXY in
+        balancer)
+            TGT_LOG=$TMP/balancer.log
+            start_bg "$TMP" "$TGT_LOG" taskset -c "$BALANCER_CPU" env RUST_LOG=warn DEPLOYMENT_AGENT_URL= \
+                STATIC_BACKENDS="127.0.0.1:$P_O1,127.0.0.1:$P_O2,127.0.0.1:$P_O3" \
+                HOST_PORT_HTTP_BALANCER="$P_BAL" HOST_PORT_ADMIN_BALANCER="$P_ADMIN" \
+                BIND_ADDRESS=127.0.0.1 MAX_CONNECTIONS=10000 REDIS_HOST="$BALANCER_REDIS_HOST" \
+                valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.out.%p" "$TMP/balancer"
+            ;;
+        nginx)
+            # h2c: the listener takes prior-knowledge HTTP/2 only (as in jobs/bench-proxy.sh).
+            R_KA_REQ=100000 R_LISTEN="" R_SERVER_EXTRA="# HTTP/1.1 listener"
+            if [[ $proto == h2c ]]; then
+                R_KA_REQ=100000000
+                if nginx_at_least 1.25.1; then
+                    R_SERVER_EXTRA="http2 on;"
+                else
+                    R_LISTEN=" http2" R_SERVER_EXTRA="# h2c via the listen parameter"
+                fi
+            fi
+            conf=$TMP/nginx-proxy-$proto.conf
+            mkdir -p "$TMP/nginx-proxy-tmp"
+            render "$BENCH_DIR/proxy.nginx.conf.tmpl" "$conf"
+            nginx -t -q -p "$TMP/" -e "$TMP/nginx-proxy.error.log" -c "$conf" >&2 ||
+                die "nginx proxy config invalid ($conf)"
+            TGT_LOG=$TMP/nginx-proxy-$proto.log
+            # master_process off: one process serves (the worker's event loop), so
+            # callgrind sees all of nginx's work in the process it was started as.
+            start_bg "$TMP" "$TGT_LOG" taskset -c "$BALANCER_CPU" \
+                valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.out.%p" \
+                nginx -p "$TMP/" -e "$TMP/nginx-proxy.error.log" -c "$conf" -g 'daemon off; master_process off;'
+            ;;
+        haproxy)
+            R_BIND=""
+            [[ $proto == h2c ]] && R_BIND=" proto h2"
+            conf=$TMP/haproxy-$proto.cfg
+            render "$BENCH_DIR/proxy.haproxy.cfg.tmpl" "$conf"
+            haproxy -c -q -f "$conf" >&2 || die "haproxy config invalid ($conf)"
+            TGT_LOG=$TMP/haproxy-$proto.log
+            start_bg "$TMP" "$TGT_LOG" taskset -c "$BALANCER_CPU" \
+                valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.out.%p" \
+                haproxy -db -f "$conf"
+            ;;
+    esac
+    TGT_PID=$STARTED_PID
+    wait_http "http://127.0.0.1:$P_BAL/" "$TGT_PID" "$TGT_LOG" "hello from origin" ||
+        die "$PROXY under callgrind did not proxy on :$P_BAL within ${START_TIMEOUT}s (log: $TGT_LOG)"
+    threads=$(awk '$1 == "Threads:" { print $2 }' "/proc/$TGT_PID/status" 2>/dev/null || echo '?')
+    log "$PROXY up under callgrind for $proto in $((SECONDS - t0))s on :$P_BAL (pid $TGT_PID, CPU $BALANCER_CPU, $threads thread(s))"
+    [[ $PROXY != balancer || $threads == 1 ]] ||
+        warn "balancer has $threads threads; expected the single-thread runtime (is CPU pinning effective?)"
+    [[ -z $(pgrep -P "$TGT_PID" || true) ]] || warn "$PROXY forked children; only pid $TGT_PID is measured"
+}
 
-# ---- idle background rate
+# stop_target: stops it gracefully (callgrind writes its final dump on exit).
+stop_target() {
+    local rc sig=TERM
+    # HAProxy's graceful stop is SIGUSR1 (SIGTERM stops it at once, exit 143).
+    [[ $PROXY == haproxy ]] && sig=USR1
+    kill -"$sig" "$TGT_PID" 2>/dev/null || true
+    for _ in $(seq 300); do kill -0 "$TGT_PID" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$TGT_PID" 2>/dev/null; then
+        warn "$PROXY did not exit within 30s of SIG$sig; cleanup will kill it"
+    else
+        wait "$TGT_PID" 2>/dev/null && rc=0 || rc=$?
+        ((rc == 0)) || warn "$PROXY exited with status $rc after SIG$sig (log: $TGT_LOG)"
+    fi
+    TGT_PID=""
+}
+
+# ---- idle background rate (measured once, right after the first start)
 IDLE_RATE=""
-if ((IDLE_SECONDS > 0)); then
+idle_sample() {
+    local ms0 ms1
     cg_cmd zero
     ms0=$(now_ms)
     sleep "$IDLE_SECONDS"
@@ -384,7 +488,7 @@ if ((IDLE_SECONDS > 0)); then
     ms1=$(now_ms)
     IDLE_RATE=$((DUMP_IR * 1000 / (ms1 - ms0)))
     log "idle: $DUMP_IR instructions in $((ms1 - ms0)) ms -> $IDLE_RATE instructions/s"
-fi
+}
 
 # ---- measurements
 CSV=$OUT_DIR/bench-callgrind.csv
@@ -396,6 +500,13 @@ for proto in "${PROTOS[@]}"; do
         h1) conns=$CONNS; streams=1 ;;
         h2c) conns=$H2C_CONNS; streams=$H2C_STREAMS ;;
     esac
+    # The balancer serves both protocols on one listener; a reference is
+    # restarted with the protocol's listener.
+    if [[ -z $TGT_PID || $PROXY != balancer ]]; then
+        [[ -z $TGT_PID ]] || stop_target
+        start_target "$proto"
+        if ((IDLE_SECONDS > 0)) && [[ -z $IDLE_RATE ]]; then idle_sample; fi
+    fi
     if ((WARMUP_REQUESTS > 0)); then
         log "$proto: warm-up, $WARMUP_REQUESTS requests ($conns conns x $streams streams)"
         run_h2load "$proto" "$WARMUP_REQUESTS" "$TMP/h2load/$proto-warmup.txt"
@@ -448,18 +559,14 @@ for proto in "${PROTOS[@]}"; do
         "$proto" "$per_req" "$ir" "$REQUESTS" "$conns" "$streams")")
 done
 
-# ---- stop the balancer gracefully (callgrind writes its final dump on exit)
-kill -TERM "$BAL_PID" 2>/dev/null || true
-for _ in $(seq 300); do kill -0 "$BAL_PID" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$BAL_PID" 2>/dev/null; then
-    warn "balancer did not exit within 30s of SIGTERM; cleanup will kill it"
-else
-    wait "$BAL_PID" 2>/dev/null && rc=0 || rc=$?
-    ((rc == 0)) || warn "balancer exited with status $rc after SIGTERM (log: $TMP/balancer.log)"
-fi
+stop_target
 
 python3 "$CG_PY" report --csv "$CSV" --md "$MD" || die "report writer failed"
 log "done in $((SECONDS - T_START))s: $CSV, $MD"
-printf '%s\n' "label=$LABEL git=$GIT_DESC binary=$BALANCER_BIN (sha256 $BIN_SHA...)"
+if [[ $PROXY == balancer ]]; then
+    printf '%s\n' "label=$LABEL git=$GIT_DESC binary=$BALANCER_BIN (sha256 $BIN_SHA...)"
+else
+    printf '%s\n' "label=$LABEL ($PROXY_VERSION)"
+fi
 printf '%s\n' "${SUMMARY[@]}"
 RUN_OK=1

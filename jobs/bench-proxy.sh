@@ -490,11 +490,6 @@ echo "mode,round,conns,streams,target,order_pos,attempt,duration_s,requests,rps,
 MODE_META=$TMP/meta-modes.txt
 : >"$MODE_META"
 
-NGINX_VERSION=$(nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
-nginx_at_least() {  # nginx_at_least 1.25.1
-    [[ $(printf '%s\n%s\n' "$1" "$NGINX_VERSION" | sort -V | head -n1) == "$1" ]]
-}
-
 declare -A URL CPU_PIDS RSS_PIDS IDLE_RSS DEAD
 MODE="" MODE_TARGETS=() M_CONNS=() M_STREAMS=1 M_TOOL=wrk M_WRK_THREADS=1
 M_PIN_DESC="" BALANCER_CMD=""

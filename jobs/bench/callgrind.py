@@ -165,6 +165,13 @@ def report(args):
         "1%, likely from event batching, hash seeds, allocator state), so treat "
         "differences of a percent or so as noise.",
         "",
+        "Rows labelled `reference: ...` measure nginx or HAProxy the same way "
+        "(`jobs/bench-callgrind.sh --proxy nginx|haproxy`): configured from the "
+        "templates `jobs/bench-proxy.sh` uses, one process (nginx with "
+        "`master_process off`, HAProxy with `nbthread 1`), started afresh for "
+        "each protocol. Their `git` column is the checkout the script ran from, "
+        "not a build of theirs.",
+        "",
         "| date (UTC) | label | git | protocol | requests | conns | streams "
         "| instructions | instructions / request |",
         "|---|---|---|---|---:|---:|---:|---:|---:|",

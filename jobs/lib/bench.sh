@@ -34,3 +34,12 @@ select_ordered() {
     done
     ((${#_selected[@]})) || die "no $what selected"
 }
+
+# nginx_at_least 1.25.1: whether the installed nginx is at least that version
+# (h2c is `http2 on;` from 1.25.1, the `http2` listen parameter before).
+nginx_at_least() {
+    local v
+    v=$(nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
+    [[ -n $v ]] || die "cannot read the nginx version"
+    [[ $(printf '%s\n%s\n' "$1" "$v" | sort -V | head -n1) == "$1" ]]
+}
