@@ -9,7 +9,9 @@
 # http-reuse always). Per round and target:
 # a 2 s warm-up, then a DURATION run of `wrk -t1 -c$CONNS --latency`; CPU per request is
 # the proxy's utime+stime from /proc over the run divided by the requests (also split into
-# user and system time).
+# user and system time), and the TCP segments the host sent per request (Tcp OutSegs of
+# /proc/net/snmp over the run: 4 when every message is one segment and no ACK goes alone;
+# anything else running on the host counts too).
 #
 # Usage: jobs/bench-ab.sh NAME=BINARY [NAME=BINARY ...]
 #   e.g. jobs/bench-ab.sh old=/tmp/balancer-old new=target/release/balancer
@@ -167,22 +169,27 @@ cpu_ticks() {  # cpu_ticks "PID..." -> utime stime, summed
     echo "$u $s"
 }
 hz=$(getconf CLK_TCK)
-echo "round,target,conns,req_per_s,p99,cpu_us_per_req,usr_us_per_req,sys_us_per_req,vmhwm_kib" >"$OUT"
+out_segs() { awk '$1 == "Tcp:" && $2 ~ /^[0-9]+$/ {print $12}' /proc/net/snmp; }
+[[ $(awk '$1 == "Tcp:" && $2 !~ /^[0-9]+$/ {print $12}' /proc/net/snmp) == OutSegs ]] ||
+    die "/proc/net/snmp: the 11th Tcp field is not OutSegs"
+echo "round,target,conns,req_per_s,p99,cpu_us_per_req,usr_us_per_req,sys_us_per_req,vmhwm_kib,tcp_segs_per_req" >"$OUT"
 for round in $(seq "$ROUNDS"); do
     for conns in $CONNS; do
         for t in "${TARGETS[@]}"; do
             url="http://127.0.0.1:${PORT[$t]}/"
             taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$conns" -d2s "$url" >/dev/null
             read -r u0 s0 < <(cpu_ticks "${PID[$t]}")
+            g0=$(out_segs)
             out=$(taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" --latency "$url")
             read -r u1 s1 < <(cpu_ticks "${PID[$t]}")
+            g1=$(out_segs)
             n=$(awk '/requests in/ {print $1}' <<<"$out")
             p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
             hwm=$(awk '/VmHWM/ {s += $2} END {print s}' $(printf '/proc/%s/status ' ${PID[$t]}))
-            read -r cpu usr sys < <(python3 -c "k = 1e6 / $hz / $n; print(f'{($u1 + $s1 - $u0 - $s0) * k:.2f} {($u1 - $u0) * k:.2f} {($s1 - $s0) * k:.2f}')")
-            echo "$round,$t,$conns,$((n / DURATION)),$p99,$cpu,$usr,$sys,$hwm" >>"$OUT"
-            printf 'round %s  c%-4s %-10s %7d req/s  p99 %-8s  %6s us CPU/req (usr %s sys %s)  VmHWM %s KiB\n' \
-                "$round" "$conns" "$t" "$((n / DURATION))" "$p99" "$cpu" "$usr" "$sys" "$hwm"
+            read -r cpu usr sys segs < <(python3 -c "k = 1e6 / $hz / $n; print(f'{($u1 + $s1 - $u0 - $s0) * k:.2f} {($u1 - $u0) * k:.2f} {($s1 - $s0) * k:.2f} {($g1 - $g0) / $n:.3f}')")
+            echo "$round,$t,$conns,$((n / DURATION)),$p99,$cpu,$usr,$sys,$hwm,$segs" >>"$OUT"
+            printf 'round %s  c%-4s %-10s %7d req/s  p99 %-8s  %6s us CPU/req (usr %s sys %s)  VmHWM %s KiB  %s TCP segs/req\n' \
+                "$round" "$conns" "$t" "$((n / DURATION))" "$p99" "$cpu" "$usr" "$sys" "$hwm" "$segs"
         done
     done
 done

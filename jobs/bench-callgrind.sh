@@ -78,6 +78,9 @@ Environment (defaults in brackets):
                       Redis reconnect loop (DNS lookups in blocking threads)
                       runs in the background and pollutes the count
   SETTLE_SECONDS=1    pause between the end of h2load and the dump
+  VALGRIND_ARGS=""    more callgrind options, e.g. "--cache-sim=yes" (simulated L1
+                      and last-level cache misses; the Ir count is unchanged, and
+                      the per-request misses of every event are logged)
   START_TIMEOUT=60    seconds to wait for the balancer (valgrind starts slowly)
   BALANCER_CPU=0      CPU the balancer is pinned to
   LOAD_CPU=1          CPU for h2load and the origins (unpinned if it does not exist)
@@ -114,6 +117,7 @@ BALANCER_REDIS_HOST=${BALANCER_REDIS_HOST-}
 SETTLE_SECONDS=${SETTLE_SECONDS:-1}
 START_TIMEOUT=${START_TIMEOUT:-60}
 BALANCER_CPU=${BALANCER_CPU:-0}
+read -r -a VALGRIND_EXTRA <<<"${VALGRIND_ARGS:-}"
 LOAD_CPU=${LOAD_CPU:-1}
 OUT_DIR=$REPO_ROOT/artefacts
 LABEL=""
@@ -414,7 +418,7 @@ start_target() {
                 STATIC_BACKENDS="127.0.0.1:$P_O1,127.0.0.1:$P_O2,127.0.0.1:$P_O3" \
                 HOST_PORT_HTTP_BALANCER="$P_BAL" HOST_PORT_ADMIN_BALANCER="$P_ADMIN" \
                 BIND_ADDRESS=127.0.0.1 MAX_CONNECTIONS=10000 REDIS_HOST="$BALANCER_REDIS_HOST" \
-                valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.out.%p" "$TMP/balancer"
+                valgrind --tool=callgrind "${VALGRIND_EXTRA[@]}" --callgrind-out-file="$TMP/callgrind.out.%p" "$TMP/balancer"
             ;;
         nginx)
             # h2c: the listener takes prior-knowledge HTTP/2 only (as in jobs/bench-proxy.sh).
@@ -436,7 +440,7 @@ start_target() {
             # master_process off: one process serves (the worker's event loop), so
             # callgrind sees all of nginx's work in the process it was started as.
             start_bg "$TMP" "$TGT_LOG" taskset -c "$BALANCER_CPU" \
-                valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.out.%p" \
+                valgrind --tool=callgrind "${VALGRIND_EXTRA[@]}" --callgrind-out-file="$TMP/callgrind.out.%p" \
                 nginx -p "$TMP/" -e "$TMP/nginx-proxy.error.log" -c "$conf" -g 'daemon off; master_process off;'
             ;;
         haproxy)
@@ -447,7 +451,7 @@ start_target() {
             haproxy -c -q -f "$conf" >&2 || die "haproxy config invalid ($conf)"
             TGT_LOG=$TMP/haproxy-$proto.log
             start_bg "$TMP" "$TGT_LOG" taskset -c "$BALANCER_CPU" \
-                valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.out.%p" \
+                valgrind --tool=callgrind "${VALGRIND_EXTRA[@]}" --callgrind-out-file="$TMP/callgrind.out.%p" \
                 haproxy -db -f "$conf"
             ;;
     esac
@@ -529,6 +533,9 @@ for proto in "${PROTOS[@]}"; do
         msg+="; idle background would be ~${idle_share}% of it"
     fi
     log "$msg"
+    if ((${#VALGRIND_EXTRA[@]})); then
+        log "$proto: every event per request: $(python3 "$CG_PY" per-request "$DUMP_FILE" "$REQUESTS")"
+    fi
     cp "$DUMP_FILE" "$TMP/measured-$proto.callgrind.out"
 
     top=$OUT_DIR/callgrind-top-$SAFE_LABEL-$proto.txt

@@ -65,6 +65,8 @@ Environment (defaults in brackets):
   BALANCER_BIN=PATH   use this balancer binary and skip `cargo build` (the
                       binary is copied once at start, so a rebuild during the
                       run does not change what is measured)
+  BALANCER_GIT=REV    what that binary was built from, for the report (default:
+                      `git describe` when the script builds it; "not given" else)
   START_TIMEOUT=30    seconds to wait for each server to answer
   PROXY_CPU=0         CPU for the proxies under test (h1, h2c)
   LOAD_CPU=1          CPU for the load generator and the origins (h1, h2c)
@@ -104,6 +106,7 @@ CORES2_WRK_THREADS=${CORES2_WRK_THREADS:-2}
 CORES2_ORIGIN_WORKERS=${CORES2_ORIGIN_WORKERS:-2}
 CORES2_CPUS=${CORES2_CPUS:-auto}
 BALANCER_BIN=${BALANCER_BIN:-}
+BALANCER_GIT=${BALANCER_GIT:-}
 START_TIMEOUT=${START_TIMEOUT:-30}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -474,6 +477,7 @@ if want balancer; then
         command -v cargo >/dev/null || die "cargo not found (or set BALANCER_BIN=/path/to/balancer)"
         (cd "$REPO_ROOT" && cargo build --release -p balancer) >&2 || die "cargo build --release -p balancer failed"
         BALANCER_BIN=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/balancer
+        [[ -n $BALANCER_GIT ]] || BALANCER_GIT=$(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo unknown)
     fi
     [[ -x $BALANCER_BIN ]] || die "balancer binary not executable: $BALANCER_BIN"
     BALANCER_SRC=$(cd "$(dirname "$BALANCER_BIN")" && pwd)/$(basename "$BALANCER_BIN")
@@ -854,7 +858,8 @@ META=$TMP/meta.txt
     want_mode h2c && echo "h2load=$(ver h2load --version)"
     if want balancer; then
         echo "balancer binary=$BALANCER_SRC (sha256 $BALANCER_SHA..., run from a copy taken at start)"
-        echo "balancer git=$(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+        # A given binary may come from any commit: say so rather than name the scripts' one.
+        echo "balancer git=${BALANCER_GIT:-not given (set BALANCER_GIT with BALANCER_BIN); the scripts ran from $(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo unknown)}"
         echo "rustc=$(ver rustc -V)"
     fi
     echo "modes=${MODE_LIST[*]}"

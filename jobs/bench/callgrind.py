@@ -6,6 +6,7 @@ Subcommands:
                          DIR/callgrind.out.PID.N (highest N); exit 1 if none
   ir FILE                print the Ir total of one callgrind dump ("totals:"
                          line, falling back to "summary:")
+  per-request FILE N     print every event of a dump divided by N requests
   fix-calls IN OUT       copy a dump, rewriting "calls=0" to "calls=1" (see
                          fix_calls) so callgrind_annotate's self costs are right
   parse-h2load FILE N    check h2load output: exactly N requests done and
@@ -45,8 +46,8 @@ def latest_dump(directory, pid):
     print(os.path.join(directory, best[1]))
 
 
-def read_ir(path):
-    """Return (totals, summary) Ir of a dump; either may be None."""
+def read_events(path):
+    """Return (events, totals, summary) of a dump; totals or summary may be None."""
     events = None
     totals = summary = None
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -59,6 +60,12 @@ def read_ir(path):
                 summary = [int(x) for x in line.split()[1:]]
     if events is None:
         die(f"{path}: no 'events:' line (not a callgrind dump?)")
+    return events, totals, summary
+
+
+def read_ir(path):
+    """Return (totals, summary) Ir of a dump; either may be None."""
+    events, totals, summary = read_events(path)
     if "Ir" not in events:
         die(f"{path}: no Ir event (events: {' '.join(events)})")
     i = events.index("Ir")
@@ -75,6 +82,17 @@ def ir(path):
     if value is None:
         die(f"{path}: neither 'totals:' nor 'summary:' line")
     print(value)
+
+
+def per_request(path, requests):
+    """Print every event of a dump divided by the requests, e.g. with --cache-sim=yes
+    "Ir=19689.0 Dr=... D1mr=... DLmr=..." (D1mr/D1mw: L1 data read/write misses,
+    DLmr/DLmw: last-level ones; valgrind's simulated caches, not the CPU's)."""
+    events, totals, summary = read_events(path)
+    values = totals if totals is not None else summary
+    if values is None or requests <= 0:
+        die(f"{path}: no totals, or no requests")
+    print(" ".join(f"{e}={v / requests:.1f}" for e, v in zip(events, values)))
 
 
 def fix_calls(src, dst):
@@ -201,6 +219,9 @@ def main():
     sp.add_argument("pid")
     sp = sub.add_parser("ir")
     sp.add_argument("file")
+    sp = sub.add_parser("per-request")
+    sp.add_argument("file")
+    sp.add_argument("requests", type=int)
     sp = sub.add_parser("fix-calls")
     sp.add_argument("src")
     sp.add_argument("dst")
@@ -225,6 +246,8 @@ def main():
         latest_dump(a.dir, a.pid)
     elif a.cmd == "ir":
         ir(a.file)
+    elif a.cmd == "per-request":
+        per_request(a.file, a.requests)
     elif a.cmd == "fix-calls":
         fix_calls(a.src, a.dst)
     elif a.cmd == "parse-h2load":
