@@ -92,12 +92,14 @@ TARGETS=()
 for spec in "$@"; do
     name=${spec%%=*} bin=${spec#*=}
     [[ $name != "$spec" && -x $bin ]] || die "not NAME=BINARY (executable): $spec"
-    cp "$bin" "$TMP/$name"
+    # In a directory of their own: nginx's temp paths are $TMP/b, $TMP/p, ...
+    mkdir -p "$TMP/bin"
+    cp "$bin" "$TMP/bin/$name"
     port=$(free_port) admin=$(free_port)
     taskset -c "$PROXY_CPU" env RUST_LOG=warn DEPLOYMENT_AGENT_URL= REDIS_HOST= \
         STATIC_BACKENDS="127.0.0.1:$O1,127.0.0.1:$O2,127.0.0.1:$O3" \
         HOST_PORT_HTTP_BALANCER="$port" HOST_PORT_ADMIN_BALANCER="$admin" \
-        BIND_ADDRESS=127.0.0.1 MAX_CONNECTIONS=10000 "$TMP/$name" >"$TMP/$name.log" 2>&1 &
+        BIND_ADDRESS=127.0.0.1 MAX_CONNECTIONS=10000 "$TMP/bin/$name" >"$TMP/$name.log" 2>&1 &
     PID[$name]=$!
     PIDS+=("$!")
     PORT[$name]=$port
@@ -130,27 +132,11 @@ EOF
 fi
 if [[ $HAPROXY_REF == 1 ]]; then
     port=$(free_port)
-    cat >"$TMP/haproxy.cfg" <<EOF
-global
-    nbthread $REF_WORKERS
-    maxconn 4096
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    maxconn 4096
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-frontend fe
-    bind 127.0.0.1:$port
-    default_backend be
-backend be
-    balance roundrobin
-    server o1 127.0.0.1:$O1
-    server o2 127.0.0.1:$O2
-    server o3 127.0.0.1:$O3
-EOF
+    # jobs/bench-proxy.sh's HAProxy, rendered as that script renders it for h1.
+    sed -e "s|@DIR@|$TMP|g" -e "s|@WORKERS@|$REF_WORKERS|g" -e "s|@PROXY_PORT@|$port|g" \
+        -e "s|@BIND_PARAMS@||g" -e "s|@ORIGIN1_PORT@|$O1|g" -e "s|@ORIGIN2_PORT@|$O2|g" \
+        -e "s|@ORIGIN3_PORT@|$O3|g" "$SCRIPT_DIR/bench/proxy.haproxy.cfg.tmpl" >"$TMP/haproxy.cfg"
+    ! grep -qE '@[A-Z0-9_]+@' "$TMP/haproxy.cfg" || die "unrendered placeholder in $TMP/haproxy.cfg"
     taskset -c "$PROXY_CPU" haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
     PID[haproxy]=$!
     PIDS+=("$!")

@@ -423,14 +423,7 @@ start_target() {
         nginx)
             # h2c: the listener takes prior-knowledge HTTP/2 only (as in jobs/bench-proxy.sh).
             R_KA_REQ=100000 R_LISTEN="" R_SERVER_EXTRA="# HTTP/1.1 listener"
-            if [[ $proto == h2c ]]; then
-                R_KA_REQ=100000000
-                if nginx_at_least 1.25.1; then
-                    R_SERVER_EXTRA="http2 on;"
-                else
-                    R_LISTEN=" http2" R_SERVER_EXTRA="# h2c via the listen parameter"
-                fi
-            fi
+            if [[ $proto == h2c ]]; then nginx_h2c_listener; fi
             conf=$TMP/nginx-proxy-$proto.conf
             mkdir -p "$TMP/nginx-proxy-tmp"
             render "$BENCH_DIR/proxy.nginx.conf.tmpl" "$conf"

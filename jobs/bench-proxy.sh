@@ -119,11 +119,6 @@ NGINX_UPSTREAM_KEEPALIVE=${NGINX_UPSTREAM_KEEPALIVE:-64}
 NO_INSTALL=${NO_INSTALL:-0}
 ALL_TARGETS=(direct nginx haproxy balancer)
 ALL_MODES=(h1 h2c cores2)
-# nginx closes an HTTP/2 connection with GOAWAY after keepalive_requests
-# requests, and h2load does not reconnect: that client is then idle for the
-# rest of the run. 1e8 requests per connection is never reached.
-H2_NGINX_KEEPALIVE_REQUESTS=100000000
-
 BENCH_TAG=bench
 # shellcheck source=jobs/lib/bench.sh
 . "$SCRIPT_DIR/lib/bench.sh"
@@ -512,12 +507,8 @@ mode_setup() {  # mode_setup MODE: per-mode globals
         h2c)
             M_TOOL=h2load M_CONNS=("$H2_CONNS") M_STREAMS=$H2_STREAMS
             CURL_OPTS=(--http2-prior-knowledge)
-            R_KA_REQ=$H2_NGINX_KEEPALIVE_REQUESTS R_BIND=" proto h2"
-            if nginx_at_least 1.25.1; then
-                R_SERVER_EXTRA="http2 on;"
-            else
-                R_LISTEN=" http2" R_SERVER_EXTRA="# h2c (prior knowledge) via the listen parameter"
-            fi
+            R_BIND=" proto h2"
+            nginx_h2c_listener
             ;;
         cores2)
             R_WORKERS=2 R_ORIGIN_WORKERS=$CORES2_ORIGIN_WORKERS M_WRK_THREADS=$CORES2_WRK_THREADS

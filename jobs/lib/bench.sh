@@ -43,3 +43,17 @@ nginx_at_least() {
     [[ -n $v ]] || die "cannot read the nginx version"
     [[ $(printf '%s\n%s\n' "$1" "$v" | sort -V | head -n1) == "$1" ]]
 }
+
+# nginx_h2c_listener: sets the proxy template's R_KA_REQ, R_LISTEN and R_SERVER_EXTRA
+# (jobs/bench/proxy.nginx.conf.tmpl) for a listener that takes HTTP/2 with prior
+# knowledge only. nginx closes an HTTP/2 connection with GOAWAY after
+# keepalive_requests requests, and h2load does not reconnect: that client is then
+# idle for the rest of the run. 1e8 requests per connection is never reached.
+nginx_h2c_listener() {
+    R_KA_REQ=100000000
+    if nginx_at_least 1.25.1; then
+        R_LISTEN="" R_SERVER_EXTRA="http2 on;"
+    else
+        R_LISTEN=" http2" R_SERVER_EXTRA="# h2c (prior knowledge) via the listen parameter"
+    fi
+}
