@@ -43,6 +43,7 @@ use crate::body::ResponseBody;
 use crate::h1::{has_token, push_decimal};
 use crate::head_deadline::Gate;
 use crate::request_body::ClientBody;
+use crate::write_batch::{Deferred, Outcome};
 
 /// Most header fields parsed here (hyper's default limit); a request with more goes to
 /// hyper, which applies the configured limit.
@@ -85,6 +86,7 @@ pub enum NotServed {
 /// once a head is complete, until the response's last byte is written). `draining`: set when
 /// the server shuts down; the connection then closes after its current exchange (and at once
 /// if it is idle: the connection's task drops this future then).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<S, H, F>(
     mut io: S,
     peer: SocketAddr,
@@ -92,6 +94,7 @@ pub async fn serve<S, H, F>(
     gate: &Arc<Gate>,
     limits: Limits,
     draining: &AtomicBool,
+    deferred: Option<Deferred>,
 ) -> Ended<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -108,17 +111,36 @@ where
                 match parse(&mut buf, limits) {
                     Ok(head) => break head,
                     Err(NotServed::Partial) if buf.len() < limits.max_head_bytes => {}
-                    Err(_) => return Ended::HandOff(Prefixed::new(buf.freeze(), io)),
+                    Err(_) => {
+                        // hyper's bytes go after the last response's.
+                        if let Err(why) = settle(deferred.as_ref(), &mut io).await {
+                            return Ended::Closed(Some(why));
+                        }
+                        return Ended::HandOff(Prefixed::new(buf.freeze(), io));
+                    }
                 }
             } else if draining.load(Ordering::Relaxed) {
                 return Ended::Closed(None);
             }
             reserve(&mut buf);
-            match io.read_buf(&mut buf).await {
-                Ok(0) if buf.is_empty() => return Ended::Closed(None),
-                Ok(0) => return Ended::Closed(Some("closed within a request head".into())),
-                Ok(_) => {}
-                Err(e) => return Ended::Closed(Some(e.to_string())),
+            // The last response's write, if queued, is watched meanwhile.
+            let read = poll_fn(|cx| {
+                if let Some(Poll::Ready(fault)) = deferred.as_ref().map(|d| d.poll_fault(cx)) {
+                    return Poll::Ready(Err(fault));
+                }
+                pin!(io.read_buf(&mut buf)).poll(cx).map(Ok)
+            })
+            .await;
+            match read {
+                Ok(Ok(0)) if buf.is_empty() => return Ended::Closed(None),
+                Ok(Ok(0)) => return Ended::Closed(Some("closed within a request head".into())),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Ended::Closed(Some(e.to_string())),
+                Err(fault) => {
+                    if let Err(why) = finish(fault, &mut io).await {
+                        return Ended::Closed(Some(why));
+                    }
+                }
             }
         };
         let exchange = gate.begin();
@@ -151,7 +173,14 @@ where
         let (parts, mut body) = resp.into_parts();
         out.clear();
         let (framing, close) = encode_head(&parts, &body, head_only, close, &mut out);
-        if let Err(why) = write_body(&mut io, &mut buf, limits, &out, &mut body, framing).await {
+        // A pipelined request's response goes after the last one.
+        if let Err(why) = settle(deferred.as_ref(), &mut io).await {
+            return Ended::Closed(Some(why));
+        }
+        // The last response of a connection is written before it closes.
+        let queue = deferred.as_ref().filter(|_| !close);
+        let written = write_body(&mut io, &mut buf, limits, &out, &mut body, framing, queue);
+        if let Err(why) = written.await {
             return Ended::Closed(Some(why));
         }
         drop(body);
@@ -401,9 +430,30 @@ fn push_date(out: &mut Vec<u8>) {
     });
 }
 
+/// Waits for the connection's queued write, if any, and writes what it left.
+async fn settle<S: AsyncWrite + Unpin>(
+    deferred: Option<&Deferred>,
+    io: &mut S,
+) -> Result<(), String> {
+    match deferred {
+        Some(d) if !d.is_idle() => finish(d.settle().await, io).await,
+        _ => Ok(()),
+    }
+}
+
+/// Acts on what a queued write came to: writes the bytes it left, or fails as the write did.
+async fn finish<S: AsyncWrite + Unpin>(outcome: Outcome, io: &mut S) -> Result<(), String> {
+    match outcome {
+        Outcome::Done => Ok(()),
+        Outcome::Rest { rest, .. } => write_all(io, &mut [IoSlice::new(&rest)]).await,
+        Outcome::Failed(e, _) => Err(e.to_string()),
+    }
+}
+
 /// Writes the head in `out` and the body after it; the head goes out with the body's first
-/// bytes when they are ready at once. `Err`: why the connection must close (the body failed
-/// or did not match its length, the client went away, a write failed).
+/// bytes when they are ready at once. A whole response ready at once is queued on
+/// `deferred` ([`crate::write_batch`]) when it can be. `Err`: why the connection must close
+/// (the body failed or did not match its length, the client went away, a write failed).
 async fn write_body<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
@@ -411,8 +461,10 @@ async fn write_body<S: AsyncRead + AsyncWrite + Unpin>(
     out: &[u8],
     body: &mut ResponseBody,
     framing: Framing,
+    deferred: Option<&Deferred>,
 ) -> Result<(), String> {
     let mut left = match framing {
+        Framing::None if deferred.is_some_and(|d| d.queue(&[out], None)) => return Ok(()),
         Framing::None => return write_all(io, &mut [IoSlice::new(out)]).await,
         Framing::Length(n) => Some(n),
         Framing::Chunked => None,
@@ -472,6 +524,11 @@ async fn write_body<S: AsyncRead + AsyncWrite + Unpin>(
             None if data.is_empty() => continue,
             None => (chunk_size_line(data.len(), &mut size_line), b"\r\n"),
         };
+        // The whole response, ready at once: written at the end of the shard's turn.
+        let whole = !head_sent && left == Some(0) && body.is_end_stream();
+        if whole && deferred.is_some_and(|d| d.queue(&[head, &data], None)) {
+            return Ok(());
+        }
         write_all(
             io,
             &mut [

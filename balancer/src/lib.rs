@@ -25,6 +25,8 @@
 //!   take.
 //! - [`shards`]: one current-thread runtime per worker thread for the proxy listener
 //!   (`RUNTIME_LAYOUT=per-core`), each with its own socket and upstream connections.
+//! - [`write_batch`]: small complete writes (a request to a backend, a response to a client)
+//!   queued per shard and made together at the end of its turn, after its reads.
 //! - [`admin`], [`metrics`], [`histogram`]: `/health`, `/metrics`, `/queue`.
 //! - [`memory`]: free memory handed back to the system after a burst of connections.
 //! - [`budget`]: the retry budget. [`error`]: errors mapped to HTTP answers.
@@ -53,6 +55,7 @@ pub mod shards;
 pub mod strict;
 pub mod tasks;
 pub mod upstream;
+pub mod write_batch;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::request_body::ClientBody;
 use crate::shards;
 use crate::upstream::BoxError;
+use crate::write_batch;
 
 /// hyper's HTTP/1 header count limit when none is set.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
@@ -99,6 +101,9 @@ pub async fn serve<H, F>(
     H: Fn(Request<ClientBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<ResponseBody>> + Send + 'static,
 {
+    // Writes of this shard's connections wait for the end of its turn (current-thread
+    // runtimes only).
+    write_batch::install();
     let builder = Arc::new(builder(&limits));
     let front_limits = front::Limits {
         max_head_bytes: h1_head_bytes(&limits),
@@ -201,7 +206,17 @@ impl Connection {
         let (mut drain_seen, mut drain_armed) = (false, false);
         let draining = &*self.draining;
         let ended = {
-            let own = front::serve(stream, peer, &handler, &gate, self.front_limits, draining);
+            let fd = stream.get_ref().as_raw_fd();
+            let deferred = write_batch::Deferred::new(fd);
+            let own = front::serve(
+                stream,
+                peer,
+                &handler,
+                &gate,
+                self.front_limits,
+                draining,
+                deferred,
+            );
             let mut own = std::pin::pin!(own);
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(ended) = own.as_mut().poll(cx) {

@@ -32,7 +32,8 @@
 //! request was written) is sent again on a new connection: nothing reached the backend, so this
 //! is safe for every method.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,6 +55,7 @@ use crate::h1::{self, Chunk, ChunkedDecoder, Framing, H1Error};
 use crate::headers::{strip_hop_by_hop, Forwarded};
 use crate::request_body::RequestBody;
 use crate::shards::PerShard;
+use crate::write_batch::{Deferred, Outcome};
 
 /// Errors of response bodies (hyper's or [`H1Error`]).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -231,6 +233,16 @@ struct OwnConn {
     since: Instant,
     /// The field names of the last response head (see [`h1::NameCache`]).
     names: h1::NameCache,
+    /// The request's write, queued for the end of the shard's turn
+    /// ([`crate::write_batch`]); `None` where writes are not queued.
+    deferred: Option<Deferred>,
+}
+
+impl OwnConn {
+    /// Whether nothing written on the connection is still to be settled.
+    fn settled(&self) -> bool {
+        self.deferred.as_ref().is_none_or(Deferred::is_idle)
+    }
 }
 
 impl Drop for OwnConn {
@@ -439,22 +451,34 @@ impl ConnPool {
                 },
             };
             let io = conn.lease.io().map_err(failed)?;
-            match write_counting(&io, &head).await {
-                Ok(()) => {}
-                // Nothing written on a pooled connection: it was closing. Safe to send again.
-                Err((_, 0)) if !fresh => {
-                    debug!("pooled connection to {address} closed before use; reconnecting");
-                    continue;
+            // Queued, the request goes out at the end of the shard's turn; its failure is
+            // seen while the head is awaited.
+            let queued = conn
+                .deferred
+                .as_ref()
+                .is_some_and(|d| d.queue(&[&head], Some(&io)));
+            let sent = if queued {
+                read_head(&mut conn, &io, req.method()).await
+            } else {
+                match write_counting(&io, &head).await {
+                    Ok(()) => read_head(&mut conn, &io, req.method()).await,
+                    Err(e) => Err(HeadError::Write(e)),
                 }
-                Err((e, _)) => return Err(failed(H1Error::Io(e))),
-            }
+            };
             let h1::Head {
                 resp,
                 framing,
                 reusable,
-            } = read_head(&mut conn, &io, req.method())
-                .await
-                .map_err(failed)?;
+            } = match sent {
+                Ok(head) => head,
+                // Nothing written on a pooled connection: it was closing. Safe to send again.
+                Err(HeadError::Write((_, 0))) if !fresh => {
+                    debug!("pooled connection to {address} closed before use; reconnecting");
+                    continue;
+                }
+                Err(HeadError::Write((e, _))) => return Err(failed(H1Error::Io(e))),
+                Err(HeadError::Read(e)) => return Err(failed(e)),
+            };
             drop(io);
             let state = match framing {
                 Framing::Empty | Framing::Length(0) => OwnState::Done,
@@ -494,24 +518,61 @@ async fn write_counting(io: &TcpStream, bytes: &[u8]) -> Result<(), (std::io::Er
     Ok(())
 }
 
+/// Why no response head was read.
+enum HeadError {
+    /// Writing the request failed, after this many bytes.
+    Write((std::io::Error, usize)),
+    Read(H1Error),
+}
+
+impl From<H1Error> for HeadError {
+    fn from(e: H1Error) -> Self {
+        HeadError::Read(e)
+    }
+}
+
 /// Reads the final response head (informational ones are skipped) within the connection's
-/// buffer size.
+/// buffer size, watching the request's queued write meanwhile.
 async fn read_head(
     conn: &mut OwnConn,
     io: &TcpStream,
     method: &http::Method,
-) -> Result<h1::Head, H1Error> {
+) -> Result<h1::Head, HeadError> {
     loop {
         match h1::parse_head(&mut conn.buf, method, &mut conn.names)? {
             Some(head) if head.resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-                return Err(H1Error::Malformed("101 without an upgrade asked for"));
+                return Err(H1Error::Malformed("101 without an upgrade asked for").into());
             }
             Some(head) if head.resp.status().is_informational() => continue,
             Some(head) => return Ok(head),
-            None if conn.buf.len() >= conn.chunk => return Err(H1Error::HeadTooLarge(conn.chunk)),
+            None if conn.buf.len() >= conn.chunk => {
+                return Err(H1Error::HeadTooLarge(conn.chunk).into())
+            }
             None => {
-                if h1::fill(io, &mut conn.buf, conn.chunk).await? == 0 {
-                    return Err(H1Error::ClosedBeforeHead);
+                let OwnConn {
+                    buf,
+                    chunk,
+                    deferred,
+                    ..
+                } = conn;
+                let read = poll_fn(|cx| {
+                    if let Some(Poll::Ready(fault)) = deferred.as_ref().map(|d| d.poll_fault(cx)) {
+                        return Poll::Ready(Err(fault));
+                    }
+                    h1::poll_fill(io, buf, *chunk, cx).map(Ok)
+                })
+                .await;
+                match read {
+                    Ok(Ok(0)) => return Err(H1Error::ClosedBeforeHead.into()),
+                    Ok(Ok(_)) | Err(Outcome::Done) => {}
+                    Ok(Err(e)) => return Err(H1Error::Io(e).into()),
+                    // The socket took part of the request: the rest is written here.
+                    Err(Outcome::Rest { rest, sent }) => {
+                        write_counting(io, &rest)
+                            .await
+                            .map_err(|(e, n)| HeadError::Write((e, sent + n)))?;
+                    }
+                    Err(Outcome::Failed(e, n)) => return Err(HeadError::Write((e, n))),
                 }
             }
         }
@@ -569,7 +630,7 @@ impl UpstreamBody {
             } => {
                 if let Some(conn) = conn.take() {
                     // Bytes past the end of the body: the backend broke the framing.
-                    if *reusable && conn.buf.is_empty() {
+                    if *reusable && conn.buf.is_empty() && conn.settled() {
                         conn.lease.end();
                         pool.put_own(conn);
                     }
@@ -756,6 +817,7 @@ async fn open(address: &str, dial: &Dial) -> Result<TcpStream, UpstreamError> {
 /// A new own connection, with its stall watchdog when `dial` asks for one.
 async fn connect_own(address: &str, dial: &Dial) -> Result<OwnConn, UpstreamError> {
     let io = open(address, dial).await?;
+    let deferred = Deferred::new(io.as_raw_fd());
     let lease = Arc::new(Lease::default());
     lease.socket.store(Some(Arc::new(io)));
     if let Some(timeout) = dial.stall_timeout {
@@ -780,6 +842,7 @@ async fn connect_own(address: &str, dial: &Dial) -> Result<OwnConn, UpstreamErro
         lease,
         since: Instant::now(),
         names: h1::NameCache::default(),
+        deferred,
     })
 }
 

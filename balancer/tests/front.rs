@@ -281,3 +281,73 @@ async fn a_client_that_stops_reading_is_closed_after_idle_timeout() {
         "the backend's in-flight count stayed up"
     );
 }
+
+/// Responses are queued for the end of the shard's turn (`write_batch`); when the client
+/// reads slowly the socket takes only part of one, and the connection's task writes the rest
+/// itself. Every response of a long pipeline then arrives whole and in order.
+#[tokio::test]
+async fn responses_a_slow_reader_leaves_in_the_socket_arrive_whole_and_in_order() {
+    // Each response whole in one read of the upstream buffer (8 KiB), so each is queued.
+    const BODY: usize = 4 * 1024;
+    const REQUESTS: usize = 3000; // 12 MB: more than the socket buffers take
+                                  // An origin that sends each answer in one write, so the balancer has it whole at once
+                                  // (and queues it); the body's letter follows the request's number.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let n: usize = head
+                            .split(' ')
+                            .nth(1)
+                            .and_then(|p| p[1..].parse().ok())
+                            .unwrap_or(0);
+                        let mut answer =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {BODY}\r\n\r\n")
+                                .into_bytes();
+                        answer.resize(answer.len() + BODY, b'a' + (n % 26) as u8);
+                        if s.write_all(&answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let b = Balancer::over_addrs(&[origin], &[]).await;
+    // A small receive buffer: the balancer's writes soon find the socket full.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut c = RawConn::new(socket.connect(b.addr).await.unwrap());
+    let mut pipeline = Vec::new();
+    for i in 0..REQUESTS {
+        pipeline.extend_from_slice(format!("GET /{i} HTTP/1.1\r\nhost: b\r\n\r\n").as_bytes());
+    }
+    c.send(&pipeline).await.unwrap();
+    // Nothing read for a while: the balancer fills the socket and has to wait.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..REQUESTS {
+        let resp = tokio::time::timeout(Duration::from_secs(10), c.response())
+            .await
+            .unwrap_or_else(|_| panic!("response {i} did not arrive"))
+            .unwrap_or_else(|| panic!("connection ended before response {i}"));
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body.len(), BODY, "response {i}");
+        let want = b'a' + (i % 26) as u8;
+        assert!(
+            resp.body.iter().all(|&x| x == want),
+            "response {i} mixed up"
+        );
+    }
+    assert!(c.unread().is_empty());
+}

@@ -139,6 +139,11 @@ impl<S> IdleTimeout<S> {
         }
     }
 
+    /// The stream inside.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// The stream without its timer (which belongs to the runtime it was made on): to move
     /// the stream to another runtime, where a new `IdleTimeout` watches it.
     pub fn into_inner(self) -> S {
