@@ -8,10 +8,10 @@
 //! small, complete write to its shard's queue instead and goes on to wait for the answer as
 //! before; the shard's flusher task, woken by the first write queued, runs after the tasks
 //! that were already ready and makes every queued write in a row. The shard so reads
-//! everything the last `epoll_wait` reported and then writes, the way HAProxy orders its
-//! system calls; its peers are woken together and answer together, so the shard's next
-//! `epoll_wait` returns more events and it sleeps less often. Measured on the benchmark's
-//! loopback set-up, that saves about 0.8 µs of kernel time per proxied request.
+//! everything the last `epoll_wait` reported and then writes, the order HAProxy makes its
+//! system calls in. On the benchmark's loopback set-up that cut the kernel time per proxied
+//! request by about 0.5–2 µs of 25–40 µs (medians of interleaved rounds; see
+//! `artefacts/bench-proxy-notes.md`), for about 520 more user-space instructions.
 //!
 //! A queued write is not waited for: the task is not polled again for it (polling a task's
 //! whole future once more cost as much as the grouping saved). Only when the write did not
