@@ -10,7 +10,7 @@
 //! that were already ready and makes every queued write in a row. The shard so reads
 //! everything the last `epoll_wait` reported and then writes, the order HAProxy makes its
 //! system calls in. On the benchmark's loopback set-up that cut the kernel time per proxied
-//! request by about 0.5–2 µs of 25–40 µs (medians of interleaved rounds; see
+//! request by about 1 µs of 25–40 µs (median of 22 interleaved rounds; see
 //! `artefacts/bench-proxy-notes.md`), for about 520 more user-space instructions.
 //!
 //! A queued write is not waited for: the task is not polled again for it (polling a task's

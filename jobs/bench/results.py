@@ -16,6 +16,10 @@ Sub-commands (standard library only, except the optional PNG plot):
                         request divided by the better of nginx and HAProxy
                         in that same round, for each run (CSV) and together
                         (a Markdown table on stdout)
+  ab BASE CSV [CSV ...] for jobs/bench-ab.sh CSVs: per connection count and
+                        target, the median over rounds (all CSVs pooled) of
+                        target / BASE for req/s, CPU per request and p99, and
+                        of target - BASE for user and system time per request
 
 The raw CSV has one row per measured run (see RAW_FIELDS); `mode` and
 `streams` are optional on input (older CSVs: mode h1, 1 stream).
@@ -607,6 +611,42 @@ def report(args):
                   file=sys.stderr)
 
 
+def ab(args):
+    """Pooled per-round comparison of jobs/bench-ab.sh rows against one target."""
+    rows = []
+    for i, path in enumerate(args.csv):
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                r["key"] = (i, r["round"])
+                rows.append(r)
+    by = {(r["key"], r["conns"], r["target"]): r for r in rows}
+    targets = sorted({r["target"] for r in rows} - {args.base})
+    if not any(r["target"] == args.base for r in rows):
+        sys.exit(f"results.py ab: no rows for target {args.base!r}")
+
+    def ms(v):
+        return float(v[:-2]) if v.endswith("ms") else float(v[:-1]) * 1000 if v.endswith("s") else float(v)
+
+    print(f"| conns | target ÷ {args.base} | rounds | req/s (ahead in) | CPU/req | user µs | system µs | p99 |")
+    print("|---:|---|---:|---|---:|---:|---:|---:|")
+    for conns in sorted({r["conns"] for r in rows}, key=int):
+        for t in targets:
+            pairs = [(by[(k, conns, args.base)], by[(k, conns, t)])
+                     for k in sorted({r["key"] for r in rows})
+                     if (k, conns, args.base) in by and (k, conns, t) in by]
+            if not pairs:
+                continue
+            rps = [float(n["req_per_s"]) / float(b["req_per_s"]) for b, n in pairs]
+            cpu = [float(n["cpu_us_per_req"]) / float(b["cpu_us_per_req"]) for b, n in pairs]
+            usr = [float(n["usr_us_per_req"]) - float(b["usr_us_per_req"]) for b, n in pairs]
+            sys_ = [float(n["sys_us_per_req"]) - float(b["sys_us_per_req"]) for b, n in pairs]
+            p99 = [ms(n["p99"]) / ms(b["p99"]) for b, n in pairs]
+            ahead = sum(1 for x in rps if x > 1)
+            med = statistics.median
+            print(f"| {conns} | {t} | {len(pairs)} | {med(rps):.3f}x ({ahead}) | {med(cpu):.3f}x "
+                  f"| {med(usr):+.2f} | {med(sys_):+.2f} | {med(p99):.3f}x |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -625,6 +665,9 @@ def main():
     sp.add_argument("--png")
     sp = sub.add_parser("rounds")
     sp.add_argument("csv", nargs="+")
+    sp = sub.add_parser("ab")
+    sp.add_argument("base")
+    sp.add_argument("csv", nargs="+")
     args = p.parse_args()
     if args.cmd == "free-ports":
         free_ports(args.n)
@@ -634,6 +677,8 @@ def main():
         parse_h2load(args.out, args.log)
     elif args.cmd == "rounds":
         rounds(args)
+    elif args.cmd == "ab":
+        ab(args)
     else:
         report(args)
 
