@@ -85,7 +85,10 @@ pub enum NotServed {
 /// comes that hyper has to serve. `gate`: the connection's head deadline ([`Gate::begin`]
 /// once a head is complete, until the response's last byte is written). `draining`: set when
 /// the server shuts down; the connection then closes after its current exchange (and at once
-/// if it is idle: the connection's task drops this future then).
+/// if it is idle: the connection's task drops this future then). `deferred`: `io`'s socket's
+/// queue of writes ([`crate::write_batch`]), if the thread has one. It is the last parameter
+/// so that it is dropped before `io` (parameters drop in reverse order), and a write still
+/// queued when this future is dropped is made while the socket is open.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<S, H, F>(
     mut io: S,

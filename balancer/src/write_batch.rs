@@ -47,7 +47,10 @@ thread_local! {
 }
 
 /// Starts the calling thread's flusher, if its runtime is a current-thread one and it has
-/// none yet. The flusher lives as long as the runtime.
+/// none yet. The flusher lives as long as the runtime and stops when the runtime drops it.
+/// The flusher belongs to the thread: a thread must not serve from a second current-thread
+/// runtime while the first still exists (the balancer runs one per thread: the main one,
+/// each shard's, a test's).
 pub fn install() {
     let current_thread =
         Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread);
