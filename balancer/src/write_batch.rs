@@ -96,16 +96,14 @@ async fn flusher() {
 
 /// Makes every queued write, in the order queued.
 fn flush_queued() {
-    let queued = QUEUE.with(|q| std::mem::take(&mut *q.borrow_mut()));
-    for slot in &queued {
+    let mut queued = QUEUE.with(|q| std::mem::take(&mut *q.borrow_mut()));
+    for slot in queued.drain(..) {
         slot.flush();
     }
     // The vector goes back for the next turn (no allocation per turn).
-    let mut queued = queued;
-    queued.clear();
     QUEUE.with(|q| {
         let mut q = q.borrow_mut();
-        if q.is_empty() && q.capacity() < queued.capacity() {
+        if q.is_empty() {
             *q = queued;
         }
     });

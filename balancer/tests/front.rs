@@ -94,17 +94,28 @@ async fn head_answers_carry_the_length_but_no_body() {
 
 /// A hand-written origin that answers each request with `answer`, keeping the connection.
 async fn raw_origin(answer: &'static [u8]) -> std::net::SocketAddr {
+    raw_origin_with(move |_| answer.to_vec()).await
+}
+
+/// A hand-written origin that answers each request head (without its blank line) with what
+/// `answer` makes of it, in one write, keeping the connection.
+async fn raw_origin_with(
+    answer: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let answer = Arc::new(answer);
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
                 loop {
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                         buf.drain(..end + 4);
-                        if s.write_all(answer).await.is_err() {
+                        if s.write_all(&answer(&head)).await.is_err() {
                             return;
                         }
                     }
@@ -290,40 +301,19 @@ async fn responses_a_slow_reader_leaves_in_the_socket_arrive_whole_and_in_order(
     // Each response whole in one read of the upstream buffer (8 KiB), so each is queued.
     const BODY: usize = 4 * 1024;
     const REQUESTS: usize = 3000; // 12 MB: more than the socket buffers take
-                                  // An origin that sends each answer in one write, so the balancer has it whole at once
-                                  // (and queues it); the body's letter follows the request's number.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        buf.drain(..end + 4);
-                        let n: usize = head
-                            .split(' ')
-                            .nth(1)
-                            .and_then(|p| p[1..].parse().ok())
-                            .unwrap_or(0);
-                        let mut answer =
-                            format!("HTTP/1.1 200 OK\r\ncontent-length: {BODY}\r\n\r\n")
-                                .into_bytes();
-                        answer.resize(answer.len() + BODY, b'a' + (n % 26) as u8);
-                        if s.write_all(&answer).await.is_err() {
-                            return;
-                        }
-                    }
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
+                                  // Each answer in one write, so the balancer has it whole at once (and queues it); the
+                                  // body's letter follows the request's number.
+    let origin = raw_origin_with(|head| {
+        let n: usize = head
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p[1..].parse().ok())
+            .unwrap_or(0);
+        let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {BODY}\r\n\r\n").into_bytes();
+        answer.resize(answer.len() + BODY, b'a' + (n % 26) as u8);
+        answer
+    })
+    .await;
     let b = Balancer::over_addrs(&[origin], &[]).await;
     // A small receive buffer: the balancer's writes soon find the socket full.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
