@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::backends::InFlight;
+use crate::h1::RawFields;
 use crate::upstream::{BoxError, UpstreamBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -30,6 +31,31 @@ impl ResponseBody {
 
     pub fn empty() -> ResponseBody {
         ResponseBody::Full(None)
+    }
+
+    /// A backend's end-to-end response fields as it sent them, when they were taken
+    /// unparsed ([`UpstreamBody::raw_fields`]): the response's map is then empty.
+    pub fn raw_fields(&self) -> Option<&RawFields> {
+        match self {
+            ResponseBody::Upstream { body, .. } => body.raw_fields(),
+            ResponseBody::Full(_) => None,
+        }
+    }
+}
+
+/// Moves fields taken unparsed ([`ResponseBody::raw_fields`]) into the response's map, for
+/// a writer of the head that reads only the map (hyper's server). A value the map refuses is
+/// left out, with a warning (`httparse` admits the same bytes, so none is expected).
+pub fn fields_into_map(resp: &mut http::Response<ResponseBody>) {
+    let ResponseBody::Upstream { body, .. } = resp.body_mut() else {
+        return;
+    };
+    let Some(fields) = body.take_raw_fields() else {
+        return;
+    };
+    match fields.into_header_map() {
+        Ok(map) => resp.headers_mut().extend(map),
+        Err(e) => log::warn!("response fields from a backend left out: {e}"),
     }
 }
 

@@ -33,6 +33,9 @@ pub struct Outgoing {
     /// Fields still to add: written straight into the head by the balancer's own client,
     /// inserted into `headers` for hyper's ([`Outgoing::finish`]).
     pub forwarded: Option<Forwarded>,
+    /// The response head is only written out again (by the own front end): its fields may
+    /// come unparsed ([`crate::upstream::ConnPool::send`]'s `raw_fields`).
+    pub raw_fields: bool,
 }
 
 impl Outgoing {
@@ -66,6 +69,7 @@ impl Outgoing {
                 client: client.ip(),
                 trailers,
             }),
+            raw_fields: false,
         }
     }
 
@@ -79,7 +83,10 @@ impl Outgoing {
     /// The request to send, in origin form (`Host` travels in the headers), and the fields
     /// its head still needs. hyper's client sends the map as it is, so for a request that
     /// goes through it they are added here.
-    fn into_request(mut self, body: RequestBody) -> (Request<RequestBody>, Option<Forwarded>) {
+    fn into_request(
+        mut self,
+        body: RequestBody,
+    ) -> (Request<RequestBody>, Option<Forwarded>, bool) {
         let mut req = Request::new(body);
         *req.method_mut() = self.method;
         *req.uri_mut() = Uri::from(self.path);
@@ -89,7 +96,7 @@ impl Outgoing {
             }
         }
         *req.headers_mut() = self.headers;
-        (req, self.forwarded)
+        (req, self.forwarded, self.raw_fields)
     }
 }
 
@@ -160,7 +167,7 @@ impl Dispatcher {
     ) -> Result<Sent, SendError> {
         let table = self.backends.load();
         let progress = body.progress();
-        let (mut req, forwarded) = out.into_request(body);
+        let (mut req, forwarded, raw_fields) = out.into_request(body);
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error = None;
         loop {
@@ -179,9 +186,14 @@ impl Dispatcher {
             let in_flight = InFlight::start(backend.clone());
             let result = tokio::time::timeout_at(
                 (sent + timeout).into(),
-                backend
-                    .conns
-                    .send(&backend.address, &self.dial, req, forwarded.as_ref(), sent),
+                backend.conns.send(
+                    &backend.address,
+                    &self.dial,
+                    req,
+                    forwarded.as_ref(),
+                    raw_fields,
+                    sent,
+                ),
             )
             .await;
             let elapsed = sent.elapsed();

@@ -40,7 +40,7 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use crate::body::ResponseBody;
-use crate::h1::{has_token, push_decimal};
+use crate::h1::{has_token, push_decimal, RawFields};
 use crate::head_deadline::Gate;
 use crate::request_body::ClientBody;
 use crate::write_batch::{Deferred, Outcome};
@@ -318,14 +318,14 @@ pub fn encode_head(
     out: &mut Vec<u8>,
 ) -> (Framing, bool) {
     let mut status = parts.status;
-    let mut headers = Some(&parts.headers);
+    let mut send_fields = true;
     if status.is_informational() {
         // A protocol switch nobody asked for ends the connection; other 1xx are not a
         // final response (hyper answers 500 instead).
         close = true;
         if status != StatusCode::SWITCHING_PROTOCOLS {
             status = StatusCode::INTERNAL_SERVER_ERROR;
-            headers = None;
+            send_fields = false;
         }
     }
     if status == StatusCode::OK {
@@ -341,15 +341,27 @@ pub fn encode_head(
         || status.is_informational();
     let can_body = !head_only && !no_body_status;
     let (mut declared, mut wrote_date, mut says_close) = (None, false, false);
-    for (name, value) in headers.into_iter().flatten() {
+    // A backend's fields taken unparsed (the map is then empty), and the map's.
+    let fields = body
+        .raw_fields()
+        .into_iter()
+        .flat_map(RawFields::iter)
+        .chain(
+            parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name, value.as_bytes())),
+        );
+    for (name, value) in fields.take_while(|_| send_fields) {
         if *name == header::TRANSFER_ENCODING || *name == header::TRAILER {
             // Framed here; no trailers are sent.
             continue;
         }
         if *name == header::CONTENT_LENGTH {
-            let parsed = value
-                .to_str()
+            // (A value with other bytes than visible ASCII and tabs is no length either.)
+            let parsed = std::str::from_utf8(value)
                 .ok()
+                .filter(|v| v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
                 .and_then(|v| v.trim().parse::<u64>().ok());
             match (declared, parsed) {
                 (None, Some(n)) => declared = Some(n),
@@ -357,11 +369,11 @@ pub fn encode_head(
                 _ => continue,
             }
         } else if *name == header::CONNECTION {
-            says_close |= has_token(value.as_bytes(), b"close");
+            says_close |= has_token(value, b"close");
         } else if *name == header::DATE {
             wrote_date = true;
         }
-        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        push_field(out, name.as_str().as_bytes(), value);
     }
     let exact = body.size_hint().exact();
     let framing = if status.is_informational() {

@@ -375,10 +375,46 @@ fn to_header_map(base: &Bytes, fields: &[httparse::Header<'_>]) -> Result<Header
 pub struct Head {
     /// Status, version and the end-to-end fields: the hop-by-hop ones (RFC 9110 §7.6.1,
     /// those named by `Connection` included) are left out, as the proxy would remove them.
+    /// When the fields were asked for unparsed, the map is empty and they are in `fields`.
     pub resp: Response<()>,
     pub framing: Framing,
     /// Whether the connection can carry another exchange after this one.
     pub reusable: bool,
+    /// The end-to-end fields, when asked for as they came ([`parse_head`]'s `raw_fields`).
+    pub fields: Option<RawFields>,
+}
+
+/// The end-to-end fields of a response head as the backend sent them, not built into a
+/// `HeaderMap`: each field's name and where its value is in the head's bytes, in the order
+/// received. For a head that is only written out again (the own front end's answer to the
+/// own client's response) the map is work for nothing: building it, hashing every name and
+/// dropping it cost about a tenth of a proxied request's instructions. The values are those
+/// a map would hold: `httparse` admits in a value exactly the bytes `HeaderValue` does (tab,
+/// visible ASCII and space, `0x80..=0xFF`).
+#[derive(Debug)]
+pub struct RawFields {
+    head: Bytes,
+    fields: Vec<Field>,
+}
+
+impl RawFields {
+    /// The fields, name and value, in the order received.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &[u8])> + '_ {
+        self.fields
+            .iter()
+            .map(|f| (&f.name, &self.head[f.at..f.at + f.len]))
+    }
+
+    /// The fields as a map (values share the head's memory).
+    pub fn into_header_map(self) -> Result<HeaderMap, H1Error> {
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        for Field { name, at, len, .. } in self.fields {
+            let value = HeaderValue::from_maybe_shared(self.head.slice(at..at + len))
+                .map_err(|_| H1Error::Malformed("invalid header value"))?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
 }
 
 /// How many field names a [`NameCache`] keeps.
@@ -419,6 +455,7 @@ impl NameCache {
 }
 
 /// A field of a response head being read: its value is at `at..at + len` in the buffer.
+#[derive(Debug)]
 struct Field {
     name: HeaderName,
     hop: bool,
@@ -430,10 +467,13 @@ struct Field {
 /// it is incomplete. Field values share the buffer's memory. The framing is read and the
 /// hop-by-hop fields are dropped in the same pass, instead of building every field into the
 /// map, reading it again and removing some. `names`: the connection's [`NameCache`].
+/// `raw_fields`: the end-to-end fields are left unparsed in [`Head::fields`] (the map stays empty),
+/// for a caller that only writes them out again.
 pub fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
     names: &mut NameCache,
+    raw_fields: bool,
 ) -> Result<Option<Head>, H1Error> {
     // Uninitialised: zeroing 128 fields cost more than parsing a typical head.
     let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
@@ -495,21 +535,24 @@ pub fn parse_head(
         Vec::new()
     };
     fields.retain(|f| !(f.hop || named.iter().any(|v| connection_names(v, &f.name))));
-    let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for Field { name, at, len, .. } in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
-            .map_err(|_| H1Error::Malformed("invalid header value"))?;
-        headers.append(name, value);
-    }
+    let fields = RawFields {
+        head: buf.split_to(len).freeze(),
+        fields,
+    };
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = version;
-    *resp.headers_mut() = headers;
+    let fields = if raw_fields {
+        Some(fields)
+    } else {
+        *resp.headers_mut() = fields.into_header_map()?;
+        None
+    };
     Ok(Some(Head {
         resp,
         framing,
         reusable,
+        fields,
     }))
 }
 
@@ -762,24 +805,26 @@ mod tests {
             &b"HTTP/1.1 201 Created\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 3\r\n\r\nabc"[..],
         );
         let names = &mut NameCache::default();
-        let head = parse_head(&mut buf, &Method::GET, names).unwrap().unwrap();
+        let head = parse_head(&mut buf, &Method::GET, names, false)
+            .unwrap()
+            .unwrap();
         assert_eq!(head.resp.status(), 201);
         assert_eq!(head.resp.headers().get_all("x-a").iter().count(), 2);
         assert_eq!((head.framing, head.reusable), (Framing::Length(3), true));
         assert_eq!(&buf[..], b"abc", "the body stays in the buffer");
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-A"[..]);
-        assert!(parse_head(&mut partial, &Method::GET, names)
+        assert!(parse_head(&mut partial, &Method::GET, names, false)
             .unwrap()
             .is_none());
         let mut bad = BytesMut::from(&b"HTTP/1.1 2000 OK\r\n\r\n"[..]);
-        assert!(parse_head(&mut bad, &Method::GET, names).is_err());
+        assert!(parse_head(&mut bad, &Method::GET, names, false).is_err());
     }
 
     #[test]
     fn the_name_cache_gives_the_names_the_bytes_spell() {
         let names = &mut NameCache::default();
         let mut head = |wire: &[u8]| {
-            parse_head(&mut BytesMut::from(wire), &Method::GET, names)
+            parse_head(&mut BytesMut::from(wire), &Method::GET, names, false)
                 .map(|h| h.map(|h| h.resp.headers().clone()))
         };
         let first = head(b"HTTP/1.1 200 OK\r\nServer: a\r\nX-Id: 1\r\nContent-Length: 0\r\n\r\n")
@@ -827,7 +872,7 @@ mod tests {
 
     #[test]
     fn one_pass_heads_equal_parse_then_strip() {
-        let heads: [&[u8]; 11] = [
+        let heads: [&[u8]; 13] = [
             b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nX-End: 2\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nClose: yes\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
@@ -839,6 +884,8 @@ mod tests {
             b"HTTP/1.1 204 No Content\r\nContent-Length: nope\r\nProxy-Authenticate: Basic\r\n\r\n",
             b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nTE: trailers\r\nTrailer: X-T\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Obs: caf\xe9\tok\r\nX-Bad: a\x7fb\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Obs: caf\xe9\tok\r\nContent-Length: 0\r\n\r\n",
         ];
         // One name cache for all (as one connection would see them) and a fresh one for each.
         let mut shared = NameCache::default();
@@ -847,17 +894,36 @@ mod tests {
                 .into_iter()
                 .flat_map(|m| [(m.clone(), true), (m, false)])
             {
-                let expected = two_pass(head, &method);
                 let mut fresh = NameCache::default();
                 let names = if names { &mut shared } else { &mut fresh };
-                let got = parse_head(&mut BytesMut::from(head), &method, names)
-                    .map(|h| h.map(|h| (h.resp.headers().clone(), h.framing, h.reusable)));
-                match (expected, got) {
-                    (Ok(e), Ok(Some(g))) => {
-                        assert_eq!(e, g, "{}", String::from_utf8_lossy(head))
+                // As a map, and unparsed (then made into a map here): the same fields.
+                for raw in [false, true] {
+                    let expected = two_pass(head, &method);
+                    let got = parse_head(&mut BytesMut::from(head), &method, names, raw).map(|h| {
+                        h.map(|h| (h.resp.headers().clone(), h.fields, h.framing, h.reusable))
+                    });
+                    let got = match got {
+                        Ok(Some((map, fields, framing, reusable))) => {
+                            assert_eq!(fields.is_some(), raw);
+                            assert!(
+                                !raw || map.is_empty(),
+                                "unparsed fields leave the map empty"
+                            );
+                            let map = match fields {
+                                Some(f) => f.into_header_map().unwrap(),
+                                None => map,
+                            };
+                            Ok(Some((map, framing, reusable)))
+                        }
+                        other => other.map(|_| None),
+                    };
+                    match (expected, got) {
+                        (Ok(e), Ok(Some(g))) => {
+                            assert_eq!(e, g, "{}", String::from_utf8_lossy(head))
+                        }
+                        (Err(_), Err(_)) => {}
+                        (e, g) => panic!("{}: {e:?} vs {g:?}", String::from_utf8_lossy(head)),
                     }
-                    (Err(_), Err(_)) => {}
-                    (e, g) => panic!("{}: {e:?} vs {g:?}", String::from_utf8_lossy(head)),
                 }
             }
         }

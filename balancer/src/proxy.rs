@@ -178,7 +178,10 @@ impl Proxy {
             && is_upgrade(req.headers())
             && !strict::upgrade_is_h2c_only(req.headers());
         let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let out = Outgoing::from_client(&mut req, client, upgrade);
+        let mut out = Outgoing::from_client(&mut req, client, upgrade);
+        // The own front end writes the response head itself, from the fields as they came
+        // (`front::encode_head`); the cache, which keeps and amends the head, turns this off.
+        out.raw_fields = matches!(req.body(), ClientBody::Empty);
         let (parts, body) = req.into_parts();
         Route::Upstream(Upstream {
             out,
@@ -231,7 +234,9 @@ impl Proxy {
         key: String,
         up: Upstream,
     ) -> (Response<ResponseBody>, Source) {
-        let Upstream { out, body, .. } = up;
+        let Upstream { mut out, body, .. } = up;
+        // The cache reads and amends the response's map.
+        out.raw_fields = false;
         if out.method == Method::HEAD {
             if let Some(entry) = cache.get(&key).await {
                 cache.hits.fetch_add(1, Ordering::Relaxed);

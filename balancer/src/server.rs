@@ -260,7 +260,12 @@ impl Connection {
             // After an upgrade (101) hyper hands the socket to the tunnel: no head deadline
             // reaches it.
             async move {
-                Ok::<_, std::convert::Infallible>(fut.await.map(|body| Served {
+                let mut resp = fut.await;
+                // hyper writes the head from the map alone. (Only a request the own front
+                // end read asks for fields unparsed, and the front end answers those
+                // itself: this is a guard, and costs a check.)
+                crate::body::fields_into_map(&mut resp);
+                Ok::<_, std::convert::Infallible>(resp.map(|body| Served {
                     body,
                     _exchange: exchange,
                 }))

@@ -51,7 +51,7 @@ use hyper_util::rt::TokioIo;
 use log::debug;
 use tokio::net::TcpStream;
 
-use crate::h1::{self, Chunk, ChunkedDecoder, Framing, H1Error};
+use crate::h1::{self, Chunk, ChunkedDecoder, Framing, H1Error, RawFields};
 use crate::headers::{strip_hop_by_hop, Forwarded};
 use crate::request_body::RequestBody;
 use crate::shards::PerShard;
@@ -336,7 +336,10 @@ impl ConnPool {
     /// Sends `req` to `address` over a pooled connection (or a new one). The response head
     /// comes back without its hop-by-hop fields (but for a `101`). `forwarded` is
     /// written into the head of a request that [`goes_own`]; for one that goes through
-    /// hyper's client it must be `None` (already in the headers).
+    /// hyper's client it must be `None` (already in the headers). `raw_fields`: a caller that
+    /// only writes the response head out again takes its fields unparsed
+    /// ([`UpstreamBody::raw_fields`]) when the own client reads it; the response's map is
+    /// then empty (hyper's client always fills it).
     ///
     /// Not an async function itself: it hands over the future of the client that takes the
     /// request, so the caller holds that one directly (one async level less to move the
@@ -347,11 +350,12 @@ impl ConnPool {
         dial: &'a Dial,
         req: Request<RequestBody>,
         forwarded: Option<&'a Forwarded>,
+        raw_fields: bool,
         now: Instant,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, Unsent>> + Send + 'a {
         if goes_own(req.body(), req.headers()) {
             let body = req.body().in_memory().flatten().cloned();
-            Either::Left(self.send_own(address, dial, req, body, forwarded, now))
+            Either::Left(self.send_own(address, dial, req, body, forwarded, raw_fields, now))
         } else {
             debug_assert!(forwarded.is_none(), "forwarding fields not added for hyper");
             Either::Right(Box::pin(self.send_hyper(address, dial, req)))
@@ -396,6 +400,7 @@ impl ConnPool {
                     return Ok(resp.map(|body| UpstreamBody {
                         lease,
                         failed: None,
+                        fields: None,
                         inner: Inner::Hyper {
                             body,
                             sender: Some(sender),
@@ -422,6 +427,7 @@ impl ConnPool {
 
     /// [`ConnPool::send`] over the balancer's own client: `body` is the request's body,
     /// in memory.
+    #[allow(clippy::too_many_arguments)]
     async fn send_own(
         self: &Arc<Self>,
         address: &str,
@@ -429,6 +435,7 @@ impl ConnPool {
         req: Request<RequestBody>,
         body: Option<Bytes>,
         forwarded: Option<&Forwarded>,
+        raw_fields: bool,
         now: Instant,
     ) -> Result<Response<UpstreamBody>, Unsent> {
         let mut head = Vec::with_capacity(512 + body.as_ref().map_or(0, Bytes::len));
@@ -458,10 +465,10 @@ impl ConnPool {
                 .as_ref()
                 .is_some_and(|d| d.queue(&[&head], Some(&io)));
             let sent = if queued {
-                read_head(&mut conn, &io, req.method()).await
+                read_head(&mut conn, &io, req.method(), raw_fields).await
             } else {
                 match write_counting(&io, &head).await {
-                    Ok(()) => read_head(&mut conn, &io, req.method()).await,
+                    Ok(()) => read_head(&mut conn, &io, req.method(), raw_fields).await,
                     Err(e) => Err(HeadError::Write(e)),
                 }
             };
@@ -469,6 +476,7 @@ impl ConnPool {
                 resp,
                 framing,
                 reusable,
+                fields,
             } = match sent {
                 Ok(head) => head,
                 // Nothing written on a pooled connection: it was closing. Safe to send again.
@@ -491,6 +499,7 @@ impl ConnPool {
             return Ok(resp.map(|()| UpstreamBody {
                 lease,
                 failed: None,
+                fields,
                 inner: Inner::Own {
                     conn: Some(conn),
                     state,
@@ -532,14 +541,16 @@ impl From<H1Error> for HeadError {
 }
 
 /// Reads the final response head (informational ones are skipped) within the connection's
-/// buffer size, watching the request's queued write meanwhile.
+/// buffer size, watching the request's queued write meanwhile. `raw_fields`: as
+/// [`h1::parse_head`]'s.
 async fn read_head(
     conn: &mut OwnConn,
     io: &TcpStream,
     method: &http::Method,
+    raw_fields: bool,
 ) -> Result<h1::Head, HeadError> {
     loop {
-        match h1::parse_head(&mut conn.buf, method, &mut conn.names)? {
+        match h1::parse_head(&mut conn.buf, method, &mut conn.names, raw_fields)? {
             Some(head) if head.resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                 return Err(H1Error::Malformed("101 without an upgrade asked for").into());
             }
@@ -611,9 +622,23 @@ pub struct UpstreamBody {
     lease: Arc<Lease>,
     /// A failure held back for one turn (see [`UpstreamBody::poll_frame`]).
     failed: Option<BoxError>,
+    /// The response's end-to-end fields, unparsed, when [`ConnPool::send`] was asked for
+    /// them so (the response's own map is then empty).
+    fields: Option<RawFields>,
 }
 
 impl UpstreamBody {
+    /// The response's end-to-end fields as the backend sent them, if they were asked for
+    /// unparsed ([`ConnPool::send`]'s `raw_fields`): the response's map is then empty.
+    pub fn raw_fields(&self) -> Option<&RawFields> {
+        self.fields.as_ref()
+    }
+
+    /// Takes the fields [`UpstreamBody::raw_fields`] gives.
+    pub fn take_raw_fields(&mut self) -> Option<RawFields> {
+        self.fields.take()
+    }
+
     fn release(&mut self) {
         match &mut self.inner {
             Inner::Hyper { sender, pool, .. } => {
@@ -888,4 +913,70 @@ async fn connect(address: &str, dial: &Dial) -> Result<Sender, UpstreamError> {
         }
     });
     Ok(Sender { send, lease })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::{fields_into_map, ResponseBody};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn fields_asked_for_unparsed_leave_the_map_empty_until_moved_into_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 1024];
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0);
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let answer = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: keep-alive\r\nx-a: 2\r\nContent-Length: 2\r\n\r\nok";
+            s.write_all(answer).await.unwrap();
+            // Held open: the connection is pooled.
+            let _ = s.read(&mut [0u8; 1]).await;
+        });
+        let pool = Arc::new(ConnPool::default());
+        let dial = Dial::unwatched(Duration::from_secs(5), MIN_BUFFER_BYTES);
+        let mut req = Request::new(RequestBody::empty());
+        *req.uri_mut() = http::Uri::from_static("/x");
+        let send = pool.send(&addr, &dial, req, None, true, Instant::now());
+        let Ok(resp) = send.await else {
+            panic!("no response");
+        };
+        assert!(resp.headers().is_empty(), "{:?}", resp.headers());
+        let fields: Vec<(String, Vec<u8>)> = resp
+            .body()
+            .raw_fields()
+            .expect("fields unparsed")
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_vec()))
+            .collect();
+        let want = |pairs: &[(&str, &[u8])]| -> Vec<(String, Vec<u8>)> {
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                .collect()
+        };
+        assert_eq!(
+            fields,
+            want(&[("x-a", b"1"), ("x-a", b"2"), ("content-length", b"2")])
+        );
+        // What hyper's server is handed instead: the map, the same fields.
+        let mut resp = resp.map(|body| ResponseBody::Upstream {
+            body,
+            in_flight: None,
+        });
+        fields_into_map(&mut resp);
+        assert!(resp.body().raw_fields().is_none());
+        let map: Vec<(String, Vec<u8>)> = resp
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(map, fields);
+    }
 }

@@ -81,6 +81,7 @@ pub fn parse_request(
             path,
             headers,
             forwarded: None,
+            raw_fields: false,
         },
         Bytes::from(body.unwrap_or_default()),
         timeout,

@@ -84,7 +84,7 @@ impl Tasks {
             let dial = Dial::unwatched(TIMEOUT, MIN_BUFFER_BYTES);
             let outcome = tokio::time::timeout(
                 TIMEOUT,
-                pool.send(&addr, &dial, req, None, std::time::Instant::now()),
+                pool.send(&addr, &dial, req, None, false, std::time::Instant::now()),
             )
             .await;
             let why = match outcome {
