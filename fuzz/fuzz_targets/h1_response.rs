@@ -2,8 +2,9 @@
 //! head (`parse_head`, which reads the framing and drops the hop-by-hop fields in one pass)
 //! and chunked bodies (`ChunkedDecoder`). Input: byte 0 = how many bytes to feed the decoder
 //! at a time (1..=64), then the response as it would arrive on the wire.
-//! Asserts: a parsed head consumes no more than the input and has at most 128 fields; it
-//! is the same when read again with the field names cached from it or from another head; it
+//! Asserts: a parsed head consumes no more than the input and has at most 128 fields; read
+//! with its fields left unparsed (`h1::RawFields`) it is accepted exactly when it is as a map,
+//! and its fields make the same map; it is the same when read again with the field names cached from it or from another head; it
 //! equals the two-pass reading (every field into a map, `response_framing` on the map, then
 //! `strip_hop_by_hop`); a framing decision is consistent (no body for 1xx/204/304; a
 //! `Transfer-Encoding` with a `Content-Length` is never reused); a chunked body decodes to
@@ -57,15 +58,24 @@ fuzz_target!(|input: &[u8]| {
     let step = usize::from(first % 64) + 1;
     let mut buf = BytesMut::from(wire);
     let mut names = NameCache::default();
-    let Ok(Some(head)) = parse_head(&mut buf, &Method::GET, &mut names) else {
+    let unparsed = parse_head(&mut BytesMut::from(wire), &Method::GET, &mut NameCache::default(), true);
+    let Ok(Some(head)) = parse_head(&mut buf, &Method::GET, &mut names, false) else {
+        assert!(!matches!(unparsed, Ok(Some(_))), "read with its fields unparsed, refused as a map");
         return;
     };
+    // With its fields unparsed: the map stays empty, and the fields make the same map.
+    let unparsed = unparsed.expect("refused unparsed").expect("incomplete unparsed");
+    assert!(unparsed.resp.headers().is_empty(), "unparsed fields in the map");
+    assert_eq!((unparsed.resp.status(), unparsed.framing, unparsed.reusable), (head.resp.status(), head.framing, head.reusable));
+    let fields = unparsed.fields.expect("no unparsed fields");
+    assert!(fields.iter().count() == head.resp.headers().len(), "field counts differ");
+    assert_eq!(&fields.into_header_map().expect("an unparsed value the map refuses"), head.resp.headers());
     // The names cached from this head, and from a typical other one, give the same head.
     let mut warmed = NameCache::default();
     let typical = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: x\r\nContent-Type: text/html\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n";
-    let _ = parse_head(&mut BytesMut::from(&typical[..]), &Method::GET, &mut warmed);
+    let _ = parse_head(&mut BytesMut::from(&typical[..]), &Method::GET, &mut warmed, false);
     for cache in [&mut names, &mut warmed] {
-        let again = parse_head(&mut BytesMut::from(wire), &Method::GET, cache);
+        let again = parse_head(&mut BytesMut::from(wire), &Method::GET, cache, false);
         let again = again.expect("refused with cached names").expect("incomplete with cached names");
         assert_eq!(again.resp.headers(), head.resp.headers(), "cached names changed the head");
         assert_eq!((again.framing, again.reusable), (head.framing, head.reusable));
