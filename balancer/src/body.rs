@@ -44,8 +44,10 @@ impl ResponseBody {
 }
 
 /// Moves fields taken unparsed ([`ResponseBody::raw_fields`]) into the response's map, for
-/// a writer of the head that reads only the map (hyper's server). A value the map refuses is
-/// left out, with a warning (`httparse` admits the same bytes, so none is expected).
+/// a writer of the head that reads only the map (hyper's server). They go before whatever
+/// the map already holds, which is kept (the order `front::encode_head` writes them in).
+/// If a value is one the map refuses, they are left out, with a warning (`httparse` admits
+/// the same bytes, so none is expected).
 pub fn fields_into_map(resp: &mut http::Response<ResponseBody>) {
     let ResponseBody::Upstream { body, .. } = resp.body_mut() else {
         return;
@@ -53,10 +55,22 @@ pub fn fields_into_map(resp: &mut http::Response<ResponseBody>) {
     let Some(fields) = body.take_raw_fields() else {
         return;
     };
-    match fields.into_header_map() {
-        Ok(map) => resp.headers_mut().extend(map),
-        Err(e) => log::warn!("response fields from a backend left out: {e}"),
+    let mut map = match fields.into_header_map() {
+        Ok(map) => map,
+        Err(e) => {
+            log::warn!("response fields from a backend left out: {e}");
+            return;
+        }
+    };
+    // A map's own iteration names a field only at the first of its values.
+    let mut name = None;
+    for (next, value) in std::mem::take(resp.headers_mut()) {
+        name = next.or(name);
+        if let Some(name) = &name {
+            map.append(name.clone(), value);
+        }
     }
+    *resp.headers_mut() = map;
 }
 
 impl Body for ResponseBody {

@@ -467,8 +467,8 @@ struct Field {
 /// it is incomplete. Field values share the buffer's memory. The framing is read and the
 /// hop-by-hop fields are dropped in the same pass, instead of building every field into the
 /// map, reading it again and removing some. `names`: the connection's [`NameCache`].
-/// `raw_fields`: the end-to-end fields are left unparsed in [`Head::fields`] (the map stays empty),
-/// for a caller that only writes them out again.
+/// `raw_fields`: the end-to-end fields are left unparsed in [`Head::fields`] (the map stays
+/// empty), for a caller that only writes them out again.
 pub fn parse_head(
     buf: &mut BytesMut,
     method: &Method,

@@ -965,11 +965,18 @@ mod tests {
             fields,
             want(&[("x-a", b"1"), ("x-a", b"2"), ("content-length", b"2")])
         );
-        // What hyper's server is handed instead: the map, the same fields.
+        // What hyper's server is handed instead: the map, the same fields, before any the
+        // map held already (written in that order by the front end too).
         let mut resp = resp.map(|body| ResponseBody::Upstream {
             body,
             in_flight: None,
         });
+        for v in ["p", "q"] {
+            resp.headers_mut()
+                .append("x-a", http::HeaderValue::from_static(v));
+        }
+        resp.headers_mut()
+            .append("x-b", http::HeaderValue::from_static("r"));
         fields_into_map(&mut resp);
         assert!(resp.body().raw_fields().is_none());
         let map: Vec<(String, Vec<u8>)> = resp
@@ -977,6 +984,9 @@ mod tests {
             .iter()
             .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
             .collect();
-        assert_eq!(map, fields);
+        let mut all = fields.clone();
+        all.splice(2..2, want(&[("x-a", b"p"), ("x-a", b"q")]));
+        all.extend(want(&[("x-b", b"r")]));
+        assert_eq!(map, all, "the map groups a name's values");
     }
 }
