@@ -342,55 +342,6 @@ async fn responses_a_slow_reader_leaves_in_the_socket_arrive_whole_and_in_order(
     assert!(c.unread().is_empty());
 }
 
-/// The fields of the next response head on `stream` (names lower-cased, in the order
-/// written), its body read by its `content-length`.
-async fn response_fields(stream: &mut tokio::net::TcpStream) -> (String, Vec<(String, Vec<u8>)>) {
-    let mut raw = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let end = loop {
-        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .expect("no response head")
-            .unwrap();
-        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&raw));
-        raw.extend_from_slice(&chunk[..n]);
-    };
-    let mut lines = raw[..end].split(|b| *b == b'\n');
-    let status = String::from_utf8_lossy(lines.next().unwrap())
-        .trim()
-        .to_string();
-    let fields: Vec<(String, Vec<u8>)> = lines
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .map(|l| {
-            let colon = l.iter().position(|b| *b == b':').unwrap();
-            let name = String::from_utf8(l[..colon].to_vec())
-                .unwrap()
-                .to_ascii_lowercase();
-            (name, l[colon + 1..].trim_ascii().to_vec())
-        })
-        .collect();
-    let length: usize = fields
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .map_or(0, |(_, v)| String::from_utf8_lossy(v).parse().unwrap());
-    let mut body = raw[end + 4..].to_vec();
-    while body.len() < length {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .expect("no response body")
-            .unwrap();
-        assert!(n > 0, "closed within the body");
-        body.extend_from_slice(&chunk[..n]);
-    }
-    assert_eq!(body.len(), length);
-    (status, fields)
-}
-
 #[tokio::test]
 async fn backend_fields_the_front_end_passes_through_equal_those_hyper_writes() {
     // Hop-by-hop fields (one named by `Connection`), a repeated name, a value with obs-text
@@ -401,11 +352,11 @@ async fn backend_fields_the_front_end_passes_through_equal_those_hyper_writes() 
     .await;
     let b = Balancer::over_addrs(&[origin], &[]).await;
     // HTTP/1.1: the own front end, which writes the fields as the own client read them.
-    let mut own = tokio::net::TcpStream::connect(b.addr).await.unwrap();
-    own.write_all(b"GET /a HTTP/1.1\r\nhost: b\r\n\r\n")
+    let mut own = RawConn::connect(b.addr).await;
+    own.send(b"GET /a HTTP/1.1\r\nhost: b\r\n\r\n")
         .await
         .unwrap();
-    let (status, mut passed) = response_fields(&mut own).await;
+    let (status, mut passed) = own.response_fields().await.expect("no response");
     assert_eq!(status, "HTTP/1.1 200 OK");
     let expected: Vec<(String, Vec<u8>)> = [
         ("server", &b"raw"[..]),
@@ -420,17 +371,21 @@ async fn backend_fields_the_front_end_passes_through_equal_those_hyper_writes() 
     .collect();
     assert_eq!(passed, expected, "in the order the backend sent them");
     // The connection carries on.
-    own.write_all(b"GET /b HTTP/1.1\r\nhost: b\r\n\r\n")
+    own.send(b"GET /b HTTP/1.1\r\nhost: b\r\n\r\n")
         .await
         .unwrap();
-    assert_eq!(response_fields(&mut own).await.1, expected);
+    let (_, again) = own.response_fields().await.expect("no second response");
+    assert_eq!(again, expected);
     // HTTP/1.0 goes to hyper's server, which writes the head from the map.
-    let mut hyper = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let mut hyper = RawConn::connect(b.addr).await;
     hyper
-        .write_all(b"GET /c HTTP/1.0\r\nhost: b\r\n\r\n")
+        .send(b"GET /c HTTP/1.0\r\nhost: b\r\n\r\n")
         .await
         .unwrap();
-    let (_, mut mapped) = response_fields(&mut hyper).await;
+    let (_, mut mapped) = hyper
+        .response_fields()
+        .await
+        .expect("no response from hyper");
     mapped.retain(|(n, _)| n != "connection");
     // The map keeps a repeated name's values together: compare by name, values in order.
     passed.sort_by(|a, b| a.0.cmp(&b.0));

@@ -596,19 +596,34 @@ impl RawConn {
         }
     }
 
-    /// Reads a head (request or response): `None` if the connection ends first.
+    /// Reads a head (request or response): `None` if the connection ends first. Values
+    /// as text (bytes that are not UTF-8 replaced), trimmed.
     async fn read_head(&mut self) -> Option<(String, Vec<(String, String)>)> {
+        let (first, fields) = self.read_head_bytes().await?;
+        let fields = fields
+            .into_iter()
+            .map(|(n, v)| (n, String::from_utf8_lossy(&v).trim().to_string()))
+            .collect();
+        Some((first, fields))
+    }
+
+    /// [`RawConn::read_head`] with the values as sent (only the spaces and tabs around them
+    /// taken off), names lower-cased, in the order sent.
+    async fn read_head_bytes(&mut self) -> Option<(String, Vec<(String, Vec<u8>)>)> {
         loop {
             if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                self.buf.drain(..end + 4);
-                let mut lines = head.split("\r\n");
-                let first = lines.next().unwrap_or_default().to_string();
-                let headers = lines
-                    .filter_map(|l| l.split_once(':'))
-                    .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+                let head: Vec<u8> = self.buf.drain(..end + 4).take(end).collect();
+                let mut lines = crlf_lines(&head);
+                let first = String::from_utf8_lossy(lines.next().unwrap_or_default());
+                let fields = lines
+                    .filter_map(|l| {
+                        let colon = l.iter().position(|b| *b == b':')?;
+                        let name = String::from_utf8_lossy(&l[..colon]);
+                        let value = l[colon + 1..].trim_ascii().to_vec();
+                        Some((name.trim().to_ascii_lowercase(), value))
+                    })
                     .collect();
-                return Some((first, headers));
+                return Some((first.into_owned(), fields));
             }
             if !self.fill().await {
                 return None;
@@ -625,11 +640,11 @@ impl RawConn {
         Some(self.buf.drain(..len).collect())
     }
 
-    fn content_length(headers: &[(String, String)]) -> usize {
+    fn content_length<V: AsRef<[u8]>>(headers: &[(String, V)]) -> usize {
         headers
             .iter()
             .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
+            .and_then(|(_, v)| String::from_utf8_lossy(v.as_ref()).trim().parse().ok())
             .unwrap_or(0)
     }
 
@@ -653,6 +668,14 @@ impl RawConn {
         })
     }
 
+    /// [`RawConn::response`]'s status line and fields, the values as sent (see
+    /// [`RawConn::read_head_bytes`]); the body is read and left out.
+    pub async fn response_fields(&mut self) -> Option<(String, Vec<(String, Vec<u8>)>)> {
+        let (line, fields) = self.read_head_bytes().await?;
+        self.read_body(RawConn::content_length(&fields)).await?;
+        Some((line, fields))
+    }
+
     /// Waits for the peer to close (EOF or reset), keeping whatever it sends (see
     /// [`RawConn::unread`]). Returns how long that took, or `None` if it is still open
     /// after `limit`.
@@ -666,4 +689,19 @@ impl RawConn {
     pub fn unread(&self) -> &[u8] {
         &self.buf
     }
+}
+
+/// The lines of `head`, split at each CRLF (as `str::split("\r\n")` splits text).
+fn crlf_lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(head);
+    std::iter::from_fn(move || {
+        let line = rest?;
+        match line.windows(2).position(|w| w == b"\r\n") {
+            Some(i) => {
+                rest = Some(&line[i + 2..]);
+                Some(&line[..i])
+            }
+            None => rest.take(),
+        }
+    })
 }
